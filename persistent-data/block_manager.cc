@@ -108,7 +108,8 @@ read_ref block_manager::read_lock(block_address b, const validator& v) {
             throw;
         }
     }
-    e->v = &v;
+    // A dirty block keeps its writer's validator: that is how it gets stamped at write-back.
+    if (!e->dirty) e->v = &v;
     ++e->readers;
     return read_ref(this, e);
 }
@@ -250,11 +251,13 @@ void block_manager::flush() {
 
 void block_manager::discard_dirty() {
     std::lock_guard lk(mutex_);
+    // Check first, so a refusal leaves the cache as it was.
+    for (auto& [b, e] : entries_)
+        if (e->dirty && (e->readers || e->writer))
+            throw std::logic_error("discard with block " + std::to_string(b) + " still locked");
     for (auto it = entries_.begin(); it != entries_.end();) {
         cache_entry* e = it->second.get();
         if (e->dirty) {
-            if (e->readers || e->writer)
-                throw std::logic_error("discard with block " + std::to_string(e->block) + " still locked");
             if (e->in_lru) lru_.erase(e->lru_pos);
             it = entries_.erase(it);
         } else {

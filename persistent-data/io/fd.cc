@@ -12,8 +12,10 @@ namespace pdata {
 
 device_file::device_file(const std::string& path, open_options opts, bool direct) : path_(path) {
     struct stat st {};
-    if (::stat(path.c_str(), &st) < 0)
-        throw io_error(path + ": cannot open: " + std::strerror(errno));
+    if (::stat(path.c_str(), &st) < 0) {
+        int e = errno;
+        throw open_error(path + ": cannot open: " + std::strerror(e), e);
+    }
     block_device_ = S_ISBLK(st.st_mode);
     if (!block_device_ && !S_ISREG(st.st_mode))
         throw io_error(path + ": not a regular file or block device");
@@ -24,8 +26,8 @@ device_file::device_file(const std::string& path, open_options opts, bool direct
     if (fd_ < 0) {
         int e = errno;
         if (e == EBUSY)
-            throw io_error(path + ": device is busy (in use by an active pool or another program)");
-        throw io_error(path + ": cannot open: " + std::strerror(e));
+            throw open_error(path + ": device is busy (in use by an active pool or another program)", e);
+        throw open_error(path + ": cannot open: " + std::strerror(e), e);
     }
 }
 

@@ -6,6 +6,16 @@
 
 namespace pdata {
 
+// open(2) of a device failed; err is the errno, so a caller can retry differently (for example
+// without O_DIRECT when the file system refuses it with EINVAL).
+class open_error : public io_error {
+public:
+    open_error(const std::string& msg, int err) : io_error(msg), err_(err) {}
+    int error_number() const { return err_; }
+private:
+    int err_;
+};
+
 class device_file {
 public:
     // direct: open with O_DIRECT. Block devices are opened O_EXCL when opts.exclusive.
