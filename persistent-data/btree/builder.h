@@ -4,6 +4,7 @@
 // rebalanced so no non-root node is under 1/3 full. Memory stays flat as input grows.
 #include "persistent-data/btree/btree.h"
 
+#include <memory>
 #include <vector>
 
 namespace pdata::btree {
@@ -29,8 +30,11 @@ private:
     std::uint32_t value_size_;
     std::vector<std::unique_ptr<level>> levels_;
     std::uint64_t count_ = 0;
+    std::uint64_t last_key_ = 0;
     bool finished_ = false;
     void add(unsigned lvl, std::uint64_t key, const std::uint8_t* value);
+    void pass_up(unsigned lvl, write_ref& node);
+    void rebalance(level& l);
 };
 
 } // namespace pdata::btree
