@@ -18,6 +18,7 @@
 #include "persistent-data/validator.h"
 
 #include <cstring>
+#include <type_traits>
 
 namespace pdata::btree {
 
@@ -35,6 +36,10 @@ template <typename Byte>
 class basic_node {
 public:
     explicit basic_node(Byte* data) : d_(data) {}
+    // A writable view converts to a read-only one.
+    template <typename Other>
+        requires(std::is_const_v<Byte> && !std::is_const_v<Other>)
+    basic_node(basic_node<Other> o) : d_(o.raw()) {}
 
     Byte* raw() const { return d_; }
     std::uint32_t flags() const { return load_le32(d_ + 4); }
@@ -107,8 +112,8 @@ private:
 using node_ref = basic_node<const std::uint8_t>;
 using node_mut = basic_node<std::uint8_t>;
 
-// Copies count entries from src[src_i..] to dst[dst_i..] (same value_size; ranges may not overlap
-// unless src and dst are different nodes). Does not change nr_entries.
+// Copies count entries from src[src_i..] to dst[dst_i..] (same value_size; overlapping ranges in
+// one node are fine: it moves). Does not change nr_entries.
 template <typename S>
 void copy_entries(node_mut dst, unsigned dst_i, basic_node<S> src, unsigned src_i, unsigned count) {
     std::memmove(dst.raw() + NODE_HEADER_SIZE + 8 * dst_i, src.raw() + NODE_HEADER_SIZE + 8 * src_i, 8 * count);
