@@ -29,6 +29,11 @@ std::string kernel_fixture_dir() {
     return {};
 }
 
+bool fixtures_required() {
+    const char* v = std::getenv("THINPOOL_REQUIRE_REFERENCE");
+    return v && std::string(v) == "1";
+}
+
 int run_command(const std::string& cmd, std::string* out) {
     FILE* p = ::popen(cmd.c_str(), "r");
     if (!p) return -1;

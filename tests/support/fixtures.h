@@ -19,6 +19,10 @@ private:
 // $THINPOOL_FIXTURES). Empty when not found.
 std::string kernel_fixture_dir();
 
+// True when the environment asks for fixtures and reference tools to be present
+// (THINPOOL_REQUIRE_REFERENCE=1, set by scripts/test.sh): tests fail instead of skipping.
+bool fixtures_required();
+
 // Decompresses fixture NAME.bin.gz into dest; false when the fixture is missing.
 bool unpack_kernel_fixture(const std::string& name, const std::string& dest);
 

@@ -40,7 +40,7 @@ public:
     std::function<void(const std::vector<std::uint64_t>&, std::uint64_t, const std::uint8_t*, bool first)> on_value;
 
     bool visit_node(unsigned level, const std::vector<std::uint64_t>&, block_address b, node_ref n) override {
-        first_ = b < seen_.size() && !seen_[b];
+        first_ = b >= seen_.size() || !seen_[b];
         if (b < seen_.size()) seen_[b] = true;
         if (!first_) return keep_walking_shared;
         if (n.is_internal() || level + 1 < levels_) {
