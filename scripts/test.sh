@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Installs the build and test dependencies (Debian 12, including Debian's thin-provisioning-tools
+# as the reference), builds the release preset, runs the unit tests (ctest) and the feature tests
+# (pytest in features/). Prints "N passed, N failed" last; exits non-zero on any failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export DEBIAN_FRONTEND=noninteractive
+# Compatibility tests against the Debian tools fail, instead of skipping, when the tools are missing.
+export THINPOOL_REQUIRE_REFERENCE=1
+
+PACKAGES=(build-essential cmake ninja-build libboost-program-options-dev libexpat1-dev libaio-dev
+          libgtest-dev libgmock-dev libbenchmark-dev thin-provisioning-tools python3-pytest)
+
+LOG="$(mktemp)"
+CTEST_LOG="$(mktemp)"
+PYTEST_LOG="$(mktemp)"
+trap 'rm -f "$LOG" "$CTEST_LOG" "$PYTEST_LOG"' EXIT
+
+quietly() {
+    local what="$1"; shift
+    echo "==> $what"
+    if ! "$@" >"$LOG" 2>&1; then
+        cat "$LOG" >&2
+        echo "test.sh: failed: $what" >&2
+        exit 1
+    fi
+}
+
+missing_packages() {
+    local p
+    for p in "$@"; do
+        if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+            echo "$p"
+        fi
+    done
+}
+
+install_packages() {
+    local missing sudo=()
+    mapfile -t missing < <(missing_packages "$@")
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "==> packages already installed"
+        return
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "test.sh: not root and sudo is not installed; run as root" >&2; exit 1; }
+        sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
+    fi
+    quietly "apt-get update" "${sudo[@]}" apt-get -q update
+    quietly "apt-get install ${missing[*]}" "${sudo[@]}" apt-get -q install -y --no-install-recommends "${missing[@]}"
+}
+
+install_packages "${PACKAGES[@]}"
+quietly "configure (cmake --preset release)" cmake --preset release
+quietly "build (cmake --build --preset release)" cmake --build --preset release
+
+passed=0
+failed=0
+skipped=0
+status=0
+
+# ---- unit tests ----
+echo "==> unit tests (ctest --preset release)"
+set +e
+ctest --preset release >"$CTEST_LOG" 2>&1
+ctest_rc=$?
+set -e
+# Show failures in full, otherwise only the summary.
+if [ "$ctest_rc" -ne 0 ]; then
+    cat "$CTEST_LOG"
+    status=1
+else
+    grep -E 'tests passed|No tests were found' "$CTEST_LOG" || true
+fi
+# "95% tests passed, 2 tests failed out of 40"
+summary="$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$CTEST_LOG" | tail -n 1 || true)"
+if [ -n "$summary" ]; then
+    total="$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$summary")"
+    nfail="$(sed -E 's/.*tests passed, ([0-9]+) tests? failed.*/\1/' <<<"$summary")"
+    # ctest counts skipped tests as passed; they are listed under "did not run" as "(Skipped)".
+    nskip="$(grep -cE '^[[:space:]]+[0-9]+ - .*\(Skipped\)$' "$CTEST_LOG" || true)"
+    passed=$((passed + total - nfail - nskip))
+    failed=$((failed + nfail))
+    skipped=$((skipped + nskip))
+elif [ "$ctest_rc" -ne 0 ]; then
+    failed=$((failed + 1))   # ctest itself failed before running tests
+fi
+
+# ---- feature tests ----
+if compgen -G "features/test_*.py" >/dev/null; then
+    # The python3 first on PATH may be another installation (pyenv, a venv) without pytest; then
+    # use Debian's, where python3-pytest went.
+    PYTHON=python3
+    if ! python3 -c 'import pytest' >/dev/null 2>&1 && [ -x /usr/bin/python3 ]; then
+        PYTHON=/usr/bin/python3
+    fi
+    echo "==> feature tests ($PYTHON -m pytest -q features)"
+    set +e
+    "$PYTHON" -m pytest -q -p no:cacheprovider features 2>&1 | tee "$PYTEST_LOG"
+    pytest_rc=${PIPESTATUS[0]}
+    set -e
+    [ "$pytest_rc" -eq 0 ] || status=1
+    # Last line, e.g. "3 passed, 1 failed, 1 skipped in 0.42s"
+    last="$(tail -n 1 "$PYTEST_LOG")"
+    p="$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || true)"
+    f="$(grep -oE '[0-9]+ failed' <<<"$last" | grep -oE '[0-9]+' || true)"
+    e="$(grep -oE '[0-9]+ errors?' <<<"$last" | grep -oE '[0-9]+' || true)"
+    k="$(grep -oE '[0-9]+ skipped' <<<"$last" | grep -oE '[0-9]+' || true)"
+    passed=$((passed + ${p:-0}))
+    skipped=$((skipped + ${k:-0}))
+    failed=$((failed + ${f:-0} + ${e:-0}))
+    if [ "$pytest_rc" -ne 0 ] && [ -z "$p$f$e" ]; then
+        failed=$((failed + 1))   # pytest failed without running tests (collection or usage error)
+    fi
+fi
+
+[ "$skipped" -eq 0 ] || echo "($skipped skipped)"
+echo "$passed passed, $failed failed"
+exit "$status"
