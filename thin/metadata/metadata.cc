@@ -1,6 +1,7 @@
 #include "thin/metadata/metadata.h"
 
 #include "persistent-data/btree/btree.h"
+#include "persistent-data/btree/builder.h"
 #include "persistent-data/space-maps/disk.h"
 #include "persistent-data/space-maps/metadata.h"
 
@@ -343,6 +344,47 @@ void metadata::set_transaction_id(std::uint64_t old_id, std::uint64_t new_id) {
 void metadata::set_needs_check() {
     check_writable();
     sb_.flags |= FLAG_NEEDS_CHECK;
+    changed_ = true;
+}
+
+// ---- bulk restore ----
+
+void metadata::set_restored_state(std::uint32_t time, std::uint64_t trans_id, std::uint32_t flags) {
+    check_writable();
+    if (flags & ~FLAG_NEEDS_CHECK)
+        throw metadata_error(EINVAL, "unsupported superblock flags " + std::to_string(flags) +
+                                         " (only bit 0, needs_check, is defined)");
+    sb_.time = time;
+    sb_.trans_id = trans_id;
+    sb_.flags = flags;
+    changed_ = true;
+}
+
+void metadata::install_devices(const std::vector<installed_device>& devs) {
+    check_writable();
+    if (!devices_.empty()) throw std::logic_error("install_devices: the pool already has devices");
+    for (std::size_t i = 0; i < devs.size(); ++i) {
+        if (devs[i].id > MAX_DEV_ID)
+            throw metadata_error(EINVAL, "device id " + std::to_string(devs[i].id) +
+                                             " is too large (the limit is 2^24 - 1)");
+        if (i && devs[i].id <= devs[i - 1].id)
+            throw std::invalid_argument("install_devices: device ids must be strictly ascending");
+    }
+    btree::builder top(*tm_, 8);
+    btree::builder details(*tm_, device_details::DISK_SIZE);
+    for (const auto& d : devs) {
+        std::uint8_t v[device_details::DISK_SIZE];
+        store_le64(v, d.root);
+        top.push_back(d.id, v);
+        d.details.pack(v);
+        details.push_back(d.id, v);
+    }
+    // The empty trees made at format are single unshared leaves: del frees them.
+    btree::del(top_info_, sb_.data_mapping_root);
+    btree::del(details_info_, sb_.device_details_root);
+    sb_.data_mapping_root = top.finish();
+    sb_.device_details_root = details.finish();
+    for (const auto& d : devs) devices_[d.id] = device_state{d.details, false};
     changed_ = true;
 }
 

@@ -113,6 +113,21 @@ public:
     bool changed() const { return changed_; }
     const superblock& current_superblock() const { return sb_; }
 
+    // ---- bulk restore (thin_restore, thin_repair) ----
+    // Sets the superblock's time, transaction id and flags (0 or FLAG_NEEDS_CHECK) of a pool being
+    // rebuilt from a dump.
+    void set_restored_state(std::uint32_t time, std::uint64_t trans_id, std::uint32_t flags);
+    struct installed_device {
+        dev_id id;
+        pdata::block_address root;  // level-2 tree built through transaction_manager()
+        device_details details;     // used as given (mapped_blocks must match the tree)
+    };
+    // Installs devices whose level-2 trees were built outside this API (btree::builder), with
+    // a level-1 tree and a details tree built bottom-up, replacing the empty ones. Only on a pool
+    // without devices; ids strictly ascending and at most MAX_DEV_ID. The level-1 tree takes over
+    // the caller's references to the roots.
+    void install_devices(const std::vector<installed_device>& devs);
+
     // ---- metadata snapshot ----
     // Commits, then makes a frozen copy of the superblock and its trees (format.md §9).
     void reserve_metadata_snap();

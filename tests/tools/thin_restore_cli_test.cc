@@ -1,0 +1,206 @@
+// tools/thin_restore: the command-line contract (tools.md §1, §5) and interoperation with Debian's
+// thin-provisioning-tools 0.9.0 in both directions.
+#include "tests/tools/cli_helpers.h"
+
+#include <fstream>
+
+using namespace cli_test;
+using thinpool_test::scratch_dir;
+
+namespace {
+
+const std::string SPEC_XML =
+    "<superblock uuid=\"\" time=\"1\" transaction=\"3\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"1000\">\n"
+    "  <device dev_id=\"0\" mapped_blocks=\"5\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n"
+    "    <range_mapping origin_begin=\"0\" data_begin=\"0\" length=\"3\" time=\"0\"/>\n"
+    "    <single_mapping origin_block=\"10\" data_block=\"20\" time=\"0\"/>\n"
+    "    <single_mapping origin_block=\"11\" data_block=\"22\" time=\"1\"/>\n"
+    "  </device>\n"
+    "  <device dev_id=\"1\" mapped_blocks=\"3\" transaction=\"2\" creation_time=\"1\" snap_time=\"1\">\n"
+    "    <range_mapping origin_begin=\"0\" data_begin=\"0\" length=\"3\" time=\"0\"/>\n"
+    "  </device>\n"
+    "</superblock>\n";
+
+thinpool_test::command_result restore(std::vector<std::string> args) { return ours("thin_restore", std::move(args)); }
+thinpool_test::command_result dump(std::vector<std::string> args) { return ours("thin_dump", std::move(args)); }
+
+bool superblock_is_zero(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    char buf[4096] = {};
+    f.read(buf, sizeof buf);
+    for (char c : buf)
+        if (c) return false;
+    return true;
+}
+
+class thin_restore_cli : public ::testing::Test {
+protected:
+    void SetUp() override {
+        for (const char* t : {"thin_restore", "thin_dump"})
+            if (!std::filesystem::exists(std::string(THINPOOL_BINARY_DIR) + "/" + t)) FAIL() << t << " is not built";
+        xml = dir.file("in.xml");
+        meta = dir.file("meta");
+        thinpool_test::write_file(xml, SPEC_XML);
+        thinpool_test::make_sparse_file(meta, 4 << 20);
+    }
+    scratch_dir dir;
+    std::string xml, meta;
+};
+
+} // namespace
+
+TEST_F(thin_restore_cli, help_goes_to_stdout) {
+    for (const char* opt : {"--help", "-h"}) {
+        auto r = restore({opt});
+        EXPECT_EQ(r.exit_code, 0);
+        EXPECT_EQ(r.err, "");
+        EXPECT_EQ(r.out.rfind("Usage: thin_restore [options]\n", 0), 0u) << r.out;
+        for (const char* o : {"--input", "--output", "--transaction-id", "--data-block-size", "--nr-data-blocks",
+                              "--quiet", "--version"})
+            EXPECT_NE(r.out.find(o), std::string::npos) << o;
+    }
+}
+
+TEST_F(thin_restore_cli, man_page_agrees_with_help) {
+    expect_man_page_documents(THINPOOL_SOURCE_DIR "/man/thin_restore.8", restore({"--help"}).out);
+}
+
+TEST_F(thin_restore_cli, version) {
+    for (const char* opt : {"--version", "-V"}) {
+        auto r = restore({opt});
+        EXPECT_EQ(r.exit_code, 0);
+        EXPECT_EQ(r.out, std::string(THINPOOL_VERSION) + "\n");
+    }
+}
+
+TEST_F(thin_restore_cli, unknown_option) {
+    auto r = restore({"--bogus"});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("bogus"), std::string::npos);
+    EXPECT_NE(r.err.find("Usage:"), std::string::npos);
+}
+
+TEST_F(thin_restore_cli, missing_input_or_output) {
+    auto r = restore({"-o", meta});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.err.rfind("No input file provided.\nUsage: thin_restore", 0), 0u) << r.err;
+    r = restore({"-i", xml});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.err.rfind("No output file provided.\nUsage: thin_restore", 0), 0u) << r.err;
+}
+
+TEST_F(thin_restore_cli, nonexistent_input) {
+    auto r = restore({"-i", dir.file("nope.xml"), "-o", meta});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find(dir.file("nope.xml")), std::string::npos) << r.err;
+}
+
+TEST_F(thin_restore_cli, output_must_exist_and_be_large_enough) {
+    auto r = restore({"-i", xml, "-o", dir.file("absent")});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.file("absent")));
+    thinpool_test::make_sparse_file(dir.file("small"), 16384);
+    r = restore({"-i", xml, "-o", dir.file("small")});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("too small"), std::string::npos) << r.err;
+}
+
+TEST_F(thin_restore_cli, binary_or_empty_input_is_refused) {
+    ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+    auto r = restore({"-i", meta, "-o", dir.file("in.xml")});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("not XML"), std::string::npos) << r.err;
+    thinpool_test::write_file(dir.file("empty.xml"), "");
+    r = restore({"-i", dir.file("empty.xml"), "-o", meta});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+}
+
+TEST_F(thin_restore_cli, round_trip_of_the_spec_example) {
+    auto r = restore({"-i", xml, "-o", meta});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.err, "");
+    auto d = dump({meta});
+    EXPECT_EQ(d.out, SPEC_XML);
+}
+
+TEST_F(thin_restore_cli, errors_name_the_line_and_zero_the_superblock) {
+    struct bad {
+        std::string from, to, want;
+    };
+    std::vector<bad> cases = {
+        {"data_block=\"20\"", "data_block=\"5000\"", "line 4, column 5: mapping beyond end of data device (5000 >= 1000)"},
+        {"data_block_size=\"128\"", "data_block_size=\"100\"", "line 1, column 1: invalid data block size 100"},
+        {"dev_id=\"1\"", "dev_id=\"0\"", "line 7, column 3: device 0 already exists"},
+        {"  </device>\n</superblock>\n", "", "line 9, column 1: no element found"},
+        {"<single_mapping origin_block=\"10\"", "<nonsense origin_block=\"10\"", "line 4, column 5: unknown tag type"},
+    };
+    for (const auto& c : cases) {
+        ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+        ASSERT_FALSE(superblock_is_zero(meta));
+        std::string text = SPEC_XML;
+        text.replace(text.find(c.from), c.from.size(), c.to);
+        thinpool_test::write_file(dir.file("bad.xml"), text);
+        auto r = restore({"-i", dir.file("bad.xml"), "-o", meta});
+        EXPECT_EQ(r.exit_code, 1) << c.want;
+        EXPECT_NE(r.err.find(dir.file("bad.xml") + ": " + c.want), std::string::npos) << r.err;
+        EXPECT_TRUE(superblock_is_zero(meta)) << c.want;
+        auto q = restore({"-q", "-i", dir.file("bad.xml"), "-o", meta});
+        EXPECT_EQ(q.exit_code, 1);
+        EXPECT_EQ(q.err, "");
+    }
+}
+
+TEST_F(thin_restore_cli, overrides) {
+    auto r = restore({"-i", xml, "-o", meta, "--transaction-id", "9", "--nr-data-blocks", "2000", "--data-block-size", "256"});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    auto d = dump({meta});
+    EXPECT_EQ(d.out.substr(0, d.out.find('\n')),
+              "<superblock uuid=\"\" time=\"1\" transaction=\"9\" flags=\"0\" version=\"2\" data_block_size=\"256\" "
+              "nr_data_blocks=\"2000\">");
+}
+
+TEST_F(thin_restore_cli, our_restore_passes_their_check_and_their_dump) {
+    REQUIRE_REFERENCE_TOOLS();
+    ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+    auto c = theirs("thin_check", {meta});
+    EXPECT_EQ(c.exit_code, 0) << describe(c);
+    auto d = theirs("thin_dump", {meta});
+    EXPECT_EQ(d.out, SPEC_XML);
+}
+
+TEST_F(thin_restore_cli, their_restore_reads_back_through_our_dump) {
+    REQUIRE_REFERENCE_TOOLS();
+    auto r = theirs("thin_restore", {"-i", xml, "-o", meta});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_EQ(dump({meta}).out, SPEC_XML);
+}
+
+TEST_F(thin_restore_cli, kernel_fixtures_round_trip_both_ways) {
+    REQUIRE_REFERENCE_TOOLS();
+    for (const auto& name : valid_fixtures()) {
+        std::string src = dir.file(name);
+        UNPACK_FIXTURE_OR_SKIP(name, src);
+        auto first = dump({src});
+        ASSERT_EQ(first.exit_code, 0) << describe(first);
+        thinpool_test::write_file(xml, first.out);
+        thinpool_test::make_sparse_file(meta, 64 << 20);
+
+        // our restore → our dump is idempotent, their check passes, their dump agrees.
+        auto r = restore({"-i", xml, "-o", meta});
+        ASSERT_EQ(r.exit_code, 0) << describe(r);
+        EXPECT_TRUE(dump({meta}).out == first.out) << name << ": dump → restore → dump differs";
+        auto c = theirs("thin_check", {meta});
+        EXPECT_EQ(c.exit_code, 0) << name << "\n" << describe(c);
+        EXPECT_TRUE(theirs("thin_dump", {meta}).out == first.out) << name;
+
+        // their restore → our dump equals the input.
+        std::string meta2 = dir.file("theirs");
+        thinpool_test::make_sparse_file(meta2, 64 << 20);
+        auto r2 = theirs("thin_restore", {"-i", xml, "-o", meta2});
+        ASSERT_EQ(r2.exit_code, 0) << describe(r2);
+        EXPECT_TRUE(dump({meta2}).out == first.out) << name;
+    }
+}
