@@ -24,7 +24,6 @@ void load_bitmaps(block_manager& bm, ref_counts& counts, const std::vector<block
 
 void load_overflow(block_manager& bm, ref_counts& counts, block_address root,
                    std::vector<block_address>* nodes) {
-    overflow_table& ov = counts.overflow();
     read_tree(
         bm, root, OVERFLOW_VALUE_SIZE,
         [&](std::uint64_t b, const std::uint8_t* v) {
@@ -33,16 +32,14 @@ void load_overflow(block_manager& bm, ref_counts& counts, block_address root,
                 if (c < 3)
                     throw corrupt_block(root, "overflow count of block " + std::to_string(b) + " is " +
                                                   std::to_string(c) + " (below 3)");
-                ov.load(b, c);
+                counts.load_overflow_count(b, c);
             } else {
-                // Not needed (its bitmap entry is below 3): drop it at the next commit.
-                ov.load(b, std::max<std::uint32_t>(c, 3));
-                ov.set(b, 0);
+                counts.add_stray_overflow(b);  // not needed: dropped at the next commit
             }
         },
         nodes);
     counts.for_each_entry_three([&](block_address b) {
-        if (ov.get(b) < 3)
+        if (counts.overflow_count(b) < 3)
             throw corrupt_block(root, "block " + std::to_string(b) +
                                           " has bitmap entry 3 but no count in the overflow tree");
     });

@@ -19,6 +19,8 @@ public:
     void set_count(block_address b, std::uint32_t count) override { counts_.set(b, count); }
     void inc(block_address b, std::uint32_t n = 1) override { counts_.inc(b, n); }
     void dec(block_address b, std::uint32_t n = 1) override { counts_.dec(b, n); }
+    void inc_range(block_address begin, block_address end) override { counts_.inc_range(begin, end); }
+    void dec_range(block_address begin, block_address end) override { counts_.dec_range(begin, end); }
     std::optional<block_address> new_block() override { return counts_.allocate(); }
     std::optional<block_address> new_block_in(block_address begin, block_address end) override {
         return counts_.allocate_in(begin, end);
@@ -33,8 +35,9 @@ protected:
 void load_bitmaps(block_manager& bm, ref_counts& counts, const std::vector<block_address>& locations);
 
 // Reads the overflow tree at root into counts (after load_bitmaps): entries whose bitmap entry is
-// 3 become the overflow counts; stray entries are scheduled for removal. Throws corrupt_block when
-// a bitmap entry of 3 has no count >= 3 in the tree. nodes (optional) receives the tree's nodes.
+// 3 become the overflow counts; stray entries (entry not 3, or beyond the end) are scheduled for
+// removal. Throws corrupt_block when a bitmap entry of 3 has no count >= 3 in the tree. nodes
+// (optional) receives the tree's nodes.
 void load_overflow(block_manager& bm, ref_counts& counts, block_address root,
                    std::vector<block_address>* nodes = nullptr);
 

@@ -1,5 +1,6 @@
 #include "persistent-data/space-maps/disk.h"
 #include "persistent-data/btree/btree.h"
+#include "persistent-data/btree/builder.h"
 #include "persistent-data/space-maps/common.h"
 #include "persistent-data/space-maps/tree_io.h"
 
@@ -65,6 +66,9 @@ public:
     sm_root root() const override { return root_; }
 
 private:
+    block_address commit_overflow(block_address root);
+    block_address rebuild_overflow(block_address root);
+
     transaction_manager& tm_;
     btree::info index_info_;
     btree::info overflow_info_;
@@ -95,19 +99,45 @@ void disk_space_map::commit() {
     }
 
     block_address overflow_root = root_.ref_count_root;
-    counts_.overflow().for_each_change([&](const overflow_table::change& c) {
-        std::uint64_t key = c.block;
-        if (c.count >= 3) {
-            std::uint8_t value[OVERFLOW_VALUE_SIZE];
-            store_le32(value, c.count);
-            overflow_root = btree::insert(overflow_info_, overflow_root, &key, value);
-        } else if (c.on_disk) {
-            overflow_root = btree::remove(overflow_info_, overflow_root, &key);
-        }
-    });
+    if (counts_.overflow_changed()) overflow_root = commit_overflow(overflow_root);
 
     root_ = sm_root{counts_.nr_blocks(), counts_.nr_allocated(), index_root, overflow_root};
     counts_.commit();
+}
+
+// One insert or remove per changed key costs a descent with shadowing; writing the whole tree
+// costs a key-ordered pass over the counts and a block per 336 entries. Per-key updates win only
+// for changes to a small part of the tree.
+constexpr std::size_t REBUILD_FRACTION = 32;  // rebuild when changed keys >= tree entries / this (bench/sm_bench)
+
+block_address disk_space_map::commit_overflow(block_address root) {
+    if (counts_.overflow_untracked()) return rebuild_overflow(root);
+    const std::vector<block_address>& keys = counts_.overflow_changes();
+    if (keys.size() * REBUILD_FRACTION >= counts_.committed_nr_overflow()) return rebuild_overflow(root);
+    for (block_address b : keys) {
+        std::uint64_t key = b;
+        if (std::uint32_t c = counts_.overflow_count(b)) {
+            std::uint8_t value[OVERFLOW_VALUE_SIZE];
+            store_le32(value, c);
+            root = btree::insert(overflow_info_, root, &key, value);
+        } else if (counts_.in_committed_overflow(b)) {
+            root = btree::remove(overflow_info_, root, &key);
+        }
+    }
+    return root;
+}
+
+// A new tree from every count (fully packed leaves), then the old one is released.
+block_address disk_space_map::rebuild_overflow(block_address root) {
+    btree::builder b(tm_, OVERFLOW_VALUE_SIZE);
+    counts_.for_each_overflow([&](block_address blk, std::uint32_t c) {
+        std::uint8_t value[OVERFLOW_VALUE_SIZE];
+        store_le32(value, c);
+        b.push_back(blk, value);
+    });
+    block_address new_root = b.finish();
+    btree::del(overflow_info_, root);
+    return new_root;
 }
 
 } // namespace

@@ -2,8 +2,11 @@
 // The data space map ("disk" space map, format.md §4.5): an index b-tree of bitmap locations
 // (key = bitmap index, 16-byte index entries), bitmap blocks and an overflow b-tree of counts >= 3,
 // all persisted through the transaction manager (so their metadata blocks are counted in the
-// metadata space map). Counts live in memory (nr_blocks / 4 bytes); commit() writes changed
-// bitmaps to shadowed blocks and updates the two trees, after which root() describes them.
+// metadata space map). Counts live in memory (nr_blocks / 4 bytes, plus the overflow counts, see
+// ref_counts.h); commit() writes changed bitmaps to new blocks, updates the index tree, and either
+// updates the overflow tree key by key or, when the changes reach 1/32 of it (or were too many to
+// list), writes a new packed tree with btree::builder and deletes the old one. Then root()
+// describes them.
 #include "persistent-data/space_map.h"
 #include "persistent-data/transaction_manager.h"
 

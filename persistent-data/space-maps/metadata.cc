@@ -79,18 +79,18 @@ block_address metadata_space_map::rewrite_overflow_tree() {
     for (block_address b : overflow_nodes_) release_own(b);
     overflow_nodes_.clear();
 
-    std::vector<std::pair<std::uint64_t, std::uint32_t>> entries;
-    entries.reserve(counts_.overflow().size());
-    counts_.overflow().for_each([&](block_address b, std::uint32_t c) { entries.emplace_back(b, c); });
-    std::sort(entries.begin(), entries.end());
-    std::vector<std::uint64_t> keys(entries.size());
-    std::vector<std::uint8_t> values(entries.size() * OVERFLOW_VALUE_SIZE);
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-        keys[i] = entries[i].first;
-        store_le32(&values[i * OVERFLOW_VALUE_SIZE], entries[i].second);
-    }
+    std::vector<std::uint64_t> keys;
+    std::vector<std::uint8_t> values;
+    keys.reserve(counts_.nr_overflow());
+    values.reserve(counts_.nr_overflow() * OVERFLOW_VALUE_SIZE);
+    counts_.for_each_overflow([&](block_address b, std::uint32_t c) {
+        keys.push_back(b);
+        std::uint8_t v[OVERFLOW_VALUE_SIZE];
+        store_le32(v, c);
+        values.insert(values.end(), v, v + OVERFLOW_VALUE_SIZE);
+    });
 
-    std::size_t nr_nodes = tree_node_count(entries.size(), OVERFLOW_VALUE_SIZE);
+    std::size_t nr_nodes = tree_node_count(keys.size(), OVERFLOW_VALUE_SIZE);
     for (std::size_t i = 0; i < nr_nodes; ++i) overflow_nodes_.push_back(allocate_own());
     return write_tree(bm_, keys, values.data(), OVERFLOW_VALUE_SIZE, overflow_nodes_);
 }
@@ -109,7 +109,7 @@ void metadata_space_map::commit() {
     // 2. Overflow tree. The map's own changes (releases of count-1 blocks, allocations) never
     //    touch counts >= 3, so the tree written here stays exact through the steps below.
     block_address overflow_root = root_.ref_count_root;
-    if (!committed_ || counts_.overflow().changed()) overflow_root = rewrite_overflow_tree();
+    if (!committed_ || counts_.overflow_changed()) overflow_root = rewrite_overflow_tree();
 
     // 3. Bitmaps: each changed one moves once; moving changes others, which join the list.
     const std::vector<unsigned>& dirty = counts_.dirty_bitmaps();

@@ -162,27 +162,25 @@ TEST(RefCounts, BitOrder) {
     EXPECT_EQ((w >> 16) & 0xFF, 0xFFu);
     EXPECT_EQ(w >> 24, 0u);
     EXPECT_EQ(c.get(9), 12u);
-    EXPECT_EQ(c.overflow().size(), 4u);
+    EXPECT_EQ(c.nr_overflow(), 4u);
     c.set(9, 2);
-    EXPECT_EQ(c.overflow().size(), 3u);
+    EXPECT_EQ(c.nr_overflow(), 3u);
     EXPECT_EQ((c.words(0)[0] >> 18) & 3, 1u);  // weight-2 bit (2k) set, weight-1 bit clear
 }
 
-TEST(RefCounts, OverflowTableGrowsAndErases) {
-    sm::overflow_table t;
+TEST(RefCounts, CountTableGrowsShrinksAndErases) {
+    sm::count_table t;
     std::map<block_address, std::uint32_t> model;
     std::mt19937_64 rng(7);
-    for (int round = 0; round < 5; ++round) {
+    for (int round = 0; round < 6; ++round) {
+        bool emptying = round == 4;
         for (int i = 0; i < 20000; ++i) {
             block_address b = rng() % 30000;
-            std::uint32_t c = (rng() % 3) ? 3 + std::uint32_t(rng() % 100) : 0;
+            std::uint32_t c = (!emptying && rng() % 3) ? 3 + std::uint32_t(rng() % 100) : 0;
             t.set(b, c);
             if (c) model[b] = c; else model.erase(b);
         }
-        std::size_t changes = 0;
-        t.for_each_change([&](const sm::overflow_table::change&) { ++changes; });
-        EXPECT_LE(changes, 30000u);
-        t.commit();
+        t.shrink();
         EXPECT_EQ(t.size(), model.size());
         for (block_address b = 0; b < 30000; ++b) {
             auto it = model.find(b);
@@ -246,6 +244,140 @@ TEST(RefCounts, ManyAllocationsAndIncsAreQuick) {
     EXPECT_FALSE(c.allocate());
     auto dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("4M allocations + incs + 2M decs + scans: %.2f s\n", dt);
+}
+
+// Counts >= 3 in a bitmap crowded with them (dense byte array, counts >= 255 in the table) and in
+// a sparse one, across commits that turn the dense bitmap back to sparse; the change list and the
+// committed-tree membership agree with a model.
+TEST(RefCounts, DenseAndSparseOverflowAgainstModel) {
+    const block_address n = 2 * E + 100;
+    sm::ref_counts c(n);
+    std::vector<std::uint32_t> model(n, 0), committed(n, 0);
+    std::mt19937_64 rng(11);
+    auto check_all = [&] {
+        block_address three = 0;
+        for (block_address b = 0; b < n; ++b) {
+            ASSERT_EQ(c.get(b), model[b]) << "block " << b;
+            three += model[b] >= 3;
+        }
+        EXPECT_EQ(c.nr_overflow(), three);
+        std::vector<std::pair<block_address, std::uint32_t>> got, want;
+        c.for_each_overflow([&](block_address b, std::uint32_t v) { got.emplace_back(b, v); });
+        for (block_address b = 0; b < n; ++b)
+            if (model[b] >= 3) want.emplace_back(b, model[b]);
+        EXPECT_EQ(got, want);
+    };
+    for (int round = 0; round < 8; ++round) {
+        // Bitmap 0 gets crowded (dense) in rounds 0-2, emptied in round 3 (back to sparse at the
+        // commit), crowded again later; bitmap 1 stays sparse.
+        bool crowd = round != 3;
+        int ops = round == 5 ? 200 : 30000;  // round 5: few changes, listed
+        for (int op = 0; op < ops; ++op) {
+            block_address b = (rng() % 150) ? rng() % 3000 : E + rng() % (E + 100);
+            unsigned r = unsigned(rng() % 10);
+            if (!crowd && b < E) {
+                c.set(b, std::uint32_t(rng() % 3));
+                model[b] = c.get(b);
+                continue;
+            }
+            if (r < 4) {
+                std::uint32_t k = (rng() % 8 == 0) ? 1 + std::uint32_t(rng() % 300) : 1;
+                if (model[b] > UINT32_MAX - k) {
+                    EXPECT_THROW(c.inc(b, k), std::logic_error);
+                    continue;
+                }
+                c.inc(b, k);
+                model[b] += k;
+            } else if (r < 6) {
+                if (!model[b]) continue;
+                std::uint32_t k = std::min<std::uint32_t>(model[b], (rng() % 8 == 0) ? 1 + std::uint32_t(rng() % 300) : 1);
+                c.dec(b, k);
+                model[b] -= k;
+            } else if (r < 9) {
+                std::uint32_t v = 3 + std::uint32_t(rng() % 6);
+                if (rng() % 10 == 0) v = 250 + std::uint32_t(rng() % 10);
+                if (rng() % 50 == 0) v = UINT32_MAX - std::uint32_t(rng() % 3);
+                c.set(b, v);
+                model[b] = v;
+            } else {
+                c.set(b, 0);
+                model[b] = 0;
+            }
+        }
+        check_all();
+        if (round == 2) {
+            EXPECT_TRUE(c.bitmap(0).dense);
+            EXPECT_LT(c.bitmap(1).nr_three, sm::ref_counts::DENSE_THRESHOLD);
+            EXPECT_FALSE(c.bitmap(1).dense);
+        }
+        if (round == 5) {
+            EXPECT_FALSE(c.overflow_untracked());
+        }
+        if (!c.overflow_untracked()) {
+            const auto& changes = c.overflow_changes();
+            EXPECT_TRUE(std::is_sorted(changes.begin(), changes.end()));
+            std::set<block_address> listed(changes.begin(), changes.end());
+            EXPECT_EQ(listed.size(), changes.size());
+            for (block_address b = 0; b < n; ++b) {
+                if ((model[b] >= 3 || committed[b] >= 3) && model[b] != committed[b]) {
+                    EXPECT_TRUE(listed.count(b)) << "change of block " << b << " not listed";
+                }
+            }
+        }
+        for (block_address b = 0; b < n; ++b)
+            ASSERT_EQ(c.in_committed_overflow(b), committed[b] >= 3) << "block " << b;
+        c.commit();
+        committed = model;
+        EXPECT_FALSE(c.overflow_changed());
+        EXPECT_EQ(c.committed_nr_overflow(), c.nr_overflow());
+        if (round == 3) {
+            EXPECT_FALSE(c.bitmap(0).dense);
+        }
+        check_all();
+    }
+}
+
+// inc_range/dec_range give exactly what the same single inc/dec calls give, hints included.
+TEST(RefCounts, RangeOpsMatchSingleOps) {
+    const block_address n = 2 * E + 77;
+    sm::ref_counts a(n), b(n);
+    std::mt19937_64 rng(3);
+    auto same = [&] {
+        ASSERT_EQ(a.nr_allocated(), b.nr_allocated());
+        ASSERT_EQ(a.nr_overflow(), b.nr_overflow());
+        for (unsigned i = 0; i < a.nr_bitmaps(); ++i) {
+            ASSERT_EQ(a.bitmap(i).nr_free, b.bitmap(i).nr_free) << i;
+            ASSERT_EQ(a.bitmap(i).none_free_before, b.bitmap(i).none_free_before) << i;
+            ASSERT_TRUE(std::equal(a.words(i), a.words(i) + sm::WORDS_PER_BITMAP, b.words(i))) << i;
+        }
+        for (block_address x = 0; x < n; x += 7) ASSERT_EQ(a.get(x), b.get(x));
+    };
+    for (int op = 0; op < 3000; ++op) {
+        block_address begin = rng() % n;
+        block_address len = (rng() % 4 == 0) ? rng() % 3000 : rng() % 70;
+        block_address end = std::min(n, begin + len);
+        if (rng() % 3) {
+            a.inc_range(begin, end);
+            for (block_address x = begin; x < end; ++x) b.inc(x, 1);
+        } else {
+            bool fails = false;
+            for (block_address x = begin; x < end; ++x) fails |= b.get(x) == 0;
+            if (fails) {
+                EXPECT_THROW(a.dec_range(begin, end), std::logic_error);
+                for (block_address x = begin; x < end && b.get(x); ++x) b.dec(x, 1);
+            } else {
+                a.dec_range(begin, end);
+                for (block_address x = begin; x < end; ++x) b.dec(x, 1);
+            }
+        }
+        if (op % 500 == 499) {
+            a.commit();
+            b.commit();
+        }
+        if (op % 100 == 0) same();
+    }
+    same();
+    EXPECT_THROW(a.inc_range(n - 1, n + 1), std::out_of_range);
 }
 
 // ---------------------------------------------------------------- tree_io
@@ -1024,6 +1156,103 @@ TEST(DiskSpaceMap, ManyAllocationsAreQuick) {
     EXPECT_EQ(env.dsm->nr_allocated(), n);
     EXPECT_EQ(env.dsm->get_count(12345), 2u);
 }
+
+// A restore of devices that map the same data blocks: most counts are >= 3, so the overflow
+// tree is rebuilt at the first commit; later small changes go key by key, a large one rebuilds
+// again, and every state reads back exactly with the replaced tree's nodes released.
+TEST(DiskSpaceMap, SharedBlocksRebuildThenPerKeyCommits) {
+    const block_address n = 3 * E + 500;
+    pool_env env(4000, n);
+    std::vector<std::uint32_t> model(n, 0);
+    auto verify = [&](const std::pair<sm_root, sm_root>& roots) {
+        auto [mroot, droot] = roots;
+        EXPECT_EQ(data_on_disk(*env.bm, droot), model);
+        auto mexp = pool_md_expected(*env.bm, mroot, droot);
+        EXPECT_COUNTS(mexp, *env.msm);
+        return read_data_structure(*env.bm, droot);
+    };
+    for (int dev = 0; dev < 6; ++dev) {
+        env.dsm->inc_range(100, n - 100);
+        for (block_address b = 100; b < n - 100; ++b) ++model[b];
+    }
+    EXPECT_EQ(env.dsm->get_count(5000), 6u);
+    auto s1 = verify(env.commit());
+    EXPECT_EQ(s1.overflow.size(), n - 200);
+    // Packed leaves: the builder fills them.
+    EXPECT_LE(s1.overflow_nodes.size(), (n - 200) / 300 + 3);
+
+    std::mt19937_64 rng(21);
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 300; ++i) {
+            block_address b = rng() % n;
+            switch (rng() % 3) {
+            case 0: env.dsm->inc(b); ++model[b]; break;
+            case 1: if (model[b]) { env.dsm->dec(b); --model[b]; } break;
+            default: { std::uint32_t v = std::uint32_t(rng() % 400); env.dsm->set_count(b, v); model[b] = v; }
+            }
+        }
+        auto roots = env.commit();
+        verify(roots);
+        if (round == 1) {
+            env.reopen(roots.first, roots.second);
+            EXPECT_COUNTS(model, *env.dsm);
+        }
+    }
+    // Most blocks drop back to the bitmaps: a large change, rebuilt.
+    for (block_address b = 0; b < n; ++b) {
+        if (model[b] >= 3 && b % 10 != 0) {
+            env.dsm->set_count(b, 2);
+            model[b] = 2;
+        }
+    }
+    auto s2 = verify(env.commit());
+    EXPECT_EQ(s2.overflow.size(), std::size_t(std::count_if(model.begin(), model.end(), [](auto c) { return c >= 3; })));
+    // A range decrement over counts of 1, 2 and more.
+    for (block_address b = 100; b < n - 100; ++b) {
+        if (!model[b]) {
+            env.dsm->inc(b);
+            model[b] = 1;
+        }
+    }
+    env.dsm->dec_range(100, n - 100);
+    for (block_address b = 100; b < n - 100; ++b) --model[b];
+    auto roots = env.commit();
+    verify(roots);
+    env.reopen(roots.first, roots.second);
+    EXPECT_COUNTS(model, *env.dsm);
+}
+
+// Overflow-tree entries whose bitmap entry is not 3 (inconsistent metadata) are dropped at the
+// next commit, also when the commit updates the tree key by key.
+TEST(DiskSpaceMap, StrayOverflowEntriesAreRemoved) {
+    const block_address n = 2 * E;
+    pool_env env(2000, n);
+    std::vector<std::uint32_t> model(n, 0);
+    for (block_address b = 0; b < 4000; ++b) {
+        env.dsm->set_count(b * 7, 5);
+        model[b * 7] = 5;
+    }
+    auto [mroot, droot] = env.commit();
+    sm_structure d = read_data_structure(*env.bm, droot);
+    ASSERT_EQ(d.overflow.size(), 4000u);
+    // Block 700 (bitmap 0, word 21, entry 28): 3 -> 1 on disk, its tree entry left behind.
+    std::uint8_t* bm0 = env.engine->raw(d.bitmaps[0]);
+    std::uint64_t w = load_le64(bm0 + 16 + 8 * (700 / 32));
+    store_le64(bm0 + 16 + 8 * (700 / 32), sm::entry_set(w, 700 % 32, 1));
+    restamp(*env.engine, d.bitmaps[0], block_salt::bitmap);
+    model[700] = 1;
+    env.reopen(mroot, droot);
+    EXPECT_COUNTS(model, *env.dsm);
+    EXPECT_EQ(env.dsm->get_count(700), 1u);
+    env.dsm->inc(14);
+    model[14] = 6;
+    auto [m2, d2] = env.commit();
+    sm_structure d2s = read_data_structure(*env.bm, d2);
+    EXPECT_EQ(d2s.overflow.size(), 3999u);
+    EXPECT_EQ(data_on_disk(*env.bm, d2), model);  // no stray entries
+    EXPECT_COUNTS(pool_md_expected(*env.bm, m2, d2), *env.msm);
+}
+
 
 TEST(KernelFixture, DataSpaceMapCommitsOnACopy) {
     std::string path = unpack_fixture("tmeta.bin.gz");
