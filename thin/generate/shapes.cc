@@ -123,6 +123,20 @@ const named SHAPES[] = {
          s.check_lookups = false;
          return s;
      }},
+    {"scattered",
+     "1 origin, 100000 random 1-block writes (no runs, unchecked)",
+     [] {
+         // Every write is its own burst at a random place in twice as many virtual blocks, so
+         // neither the virtual nor the data blocks of neighbouring mappings are consecutive:
+         // no range mappings in the dump. For benchmarks (bench/tools), which scale it with
+         // --mappings, --snapshots and --hold-metadata-snap.
+         shape s;
+         s.writes_per_origin = 100000;
+         s.random = true;
+         s.max_burst = 1;
+         s.check_lookups = false;
+         return s;
+     }},
 };
 } // namespace
 
