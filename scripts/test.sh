@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies (Debian 12, including Debian's thin-provisioning-tools
 # as the reference), builds the release preset, runs the unit tests (ctest) and the feature tests
-# (pytest in features/). Prints "N passed, N failed" last; exits non-zero on any failure.
+# (pytest in features/), then builds the tools and the damage corpus test with the asan preset and
+# runs the corpus under ASan+UBSan. Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +17,8 @@ PACKAGES=(build-essential cmake ninja-build libboost-program-options-dev libexpa
 LOG="$(mktemp)"
 CTEST_LOG="$(mktemp)"
 PYTEST_LOG="$(mktemp)"
-trap 'rm -f "$LOG" "$CTEST_LOG" "$PYTEST_LOG"' EXIT
+CORPUS_LOG="$(mktemp)"
+trap 'rm -f "$LOG" "$CTEST_LOG" "$PYTEST_LOG" "$CORPUS_LOG"' EXIT
 
 quietly() {
     local what="$1"; shift
@@ -114,6 +116,38 @@ if compgen -G "features/test_*.py" >/dev/null; then
     if [ "$pytest_rc" -ne 0 ] && [ -z "$p$f$e" ]; then
         failed=$((failed + 1))   # pytest failed without running tests (collection or usage error)
     fi
+fi
+
+# ---- damage corpus under AddressSanitizer + UndefinedBehaviorSanitizer ----
+# The corpus test (tests/tools/damage_corpus_test.cc) also ran above in release; here it runs from
+# build/asan, so every tool it starts over every damaged image runs under ASan+UBSan (a sanitizer
+# report, a crash or a hang fails a test). The test target depends on every tool, so building it
+# builds just what the corpus needs.
+CORPUS_TEST=tools_damage_corpus_test
+quietly "configure (cmake --preset asan)" cmake --preset asan
+quietly "build the damage corpus and the tools (cmake --build --preset asan --target $CORPUS_TEST)" \
+    cmake --build --preset asan --target "$CORPUS_TEST"
+echo "==> damage corpus under ASan+UBSan (build/asan/$CORPUS_TEST)"
+set +e
+ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+    "build/asan/$CORPUS_TEST" --gtest_brief=1 >"$CORPUS_LOG" 2>&1
+corpus_rc=$?
+set -e
+# "[  PASSED  ] 40 tests.", "[  FAILED  ] 2 tests, listed below:", "[  SKIPPED ] 1 test, listed below:"
+corpus_passed="$(grep -oE '^\[  PASSED  \] [0-9]+ tests?' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+corpus_failed="$(grep -oE '^\[  FAILED  \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+corpus_skipped="$(grep -oE '^\[  SKIPPED \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+passed=$((passed + ${corpus_passed:-0}))
+failed=$((failed + ${corpus_failed:-0}))
+skipped=$((skipped + ${corpus_skipped:-0}))
+if [ "$corpus_rc" -ne 0 ]; then
+    cat "$CORPUS_LOG"
+    status=1
+    # Died before gtest's summary, or failed after it (a sanitizer report from the test itself).
+    [ -n "${corpus_failed:-}" ] || failed=$((failed + 1))
+else
+    echo "${corpus_passed:-0} corpus tests passed under ASan+UBSan"
 fi
 
 [ "$skipped" -eq 0 ] || echo "($skipped skipped)"

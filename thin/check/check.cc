@@ -221,7 +221,15 @@ private:
         if (!threads) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 2u);
         sm_root dsm = live_.data_sm();
         std::uint64_t nr_data = dsm.nr_blocks;
-        if (!opts_.use_metadata_snap) data_ = std::make_unique<data_counts>(nr_data);
+        if (!opts_.use_metadata_snap) {
+            // Mappings hold 40-bit data block numbers (format.md §5.3): a bigger data space map is
+            // corrupt, and counting into it would ask for an absurd amount of memory.
+            if (nr_data > MAX_DATA_BLOCK + 1)
+                rep_.problem(severity::fatal, "data space map has " + std::to_string(nr_data) +
+                                                  " blocks, more than a mapping can address (2^40)");
+            else
+                data_ = std::make_unique<data_counts>(nr_data);
+        }
         // With nr_data 0 every mapping is out of range; the range check needs a known size.
         mapping_checker mc(bm_, md_.get(), data_.get(), nr_data ? nr_data : ~std::uint64_t(0) >> 1, threads);
         if (nr_data == 0) empty_data_device_ = true;

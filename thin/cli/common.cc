@@ -40,7 +40,10 @@ bool looks_like_xml(const unsigned char* p, std::size_t n) {
     std::size_t i = 0;
     if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3;  // UTF-8 BOM
     while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) ++i;
-    return i < n && p[i] == '<';
+    // "<superblock", "<?xml", "<!--": a lone '<' is also the first byte of 1 in 256 checksums.
+    if (i + 1 >= n || p[i] != '<') return false;
+    unsigned char c = p[i + 1];
+    return c == '?' || c == '!' || c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
 } // namespace
@@ -56,6 +59,8 @@ input_kind classify_input(const std::string& path) {
     int err = errno;
     ::close(fd);
     if (n < 0) throw tool_error(path + ": cannot read: " + std::strerror(err));
+    // A superblock's magic wins over XML sniffing: its checksum may well start with '<'.
+    if (size >= MD_BLOCK_SIZE && n >= 40 && load_le64(buf + 32) == SUPERBLOCK_MAGIC) return input_kind::metadata;
     if (looks_like_xml(buf, static_cast<std::size_t>(n))) return input_kind::xml;
     if (size < MD_BLOCK_SIZE) return input_kind::too_small;
     if (block_is_all_zero(buf)) return input_kind::all_zeros;

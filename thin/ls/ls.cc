@@ -48,7 +48,9 @@ const field_info FIELDS[] = {
 // Per data block: 0 unseen, 1 referenced by one device mapping, 2 by more. Four per byte.
 class two_bit_counts {
 public:
-    explicit two_bit_counts(std::uint64_t nr_blocks) { grow(nr_blocks); }
+    // nr_blocks (the data space map's size) is only a hint: add() grows the table as needed, and a
+    // corrupt superblock may claim any size.
+    explicit two_bit_counts(std::uint64_t nr_blocks) { grow(std::min(nr_blocks, INITIAL_LIMIT)); }
 
     void add(std::uint64_t b, unsigned k) {
         if (b >= size_) grow_for(b);
@@ -66,6 +68,7 @@ public:
 private:
     // Data blocks are 40-bit; beyond 2^36 (16 GiB of counts) the value is garbage, not a pool.
     static constexpr std::uint64_t LIMIT = 1ull << 36;
+    static constexpr std::uint64_t INITIAL_LIMIT = 1ull << 26;
     void grow_for(std::uint64_t b) {
         if (b >= LIMIT)
             throw std::runtime_error("mapping to data block " + std::to_string(b) + " is beyond any data device");
