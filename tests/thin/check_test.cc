@@ -5,6 +5,7 @@
 // they should; the kernel fixtures check clean and the corrupted one does not.
 #include "thin/check/check.h"
 #include "thin/check/repair.h"
+#include "thin/check/sm_check.h"
 #include "thin/metadata/metadata.h"
 
 #include "persistent-data/btree/walk.h"
@@ -166,6 +167,45 @@ std::string range_text(const leaf_info& l) { return format_range(l.begin, l.end)
 } // namespace
 
 // ---- clean metadata ----
+
+TEST(Check, OverflowCountsMatchAMapModel) {
+    // Compact store of the overflow tree's counts: nibbles, per-region bytes, a hash for the rest.
+    const std::uint64_t n = 5 * overflow_counts::REGION + 77;
+    overflow_counts oc(n);
+    std::map<std::uint64_t, std::uint32_t> model;
+    std::mt19937_64 rng(7);
+    auto put = [&](std::uint64_t b, std::uint32_t c) {
+        oc.set(b, c);
+        model[b] = c;
+    };
+    // Region 0: mostly small counts; region 1: many large ones (gets bytes); region 3: huge counts.
+    for (int i = 0; i < 3000; ++i) put(rng() % overflow_counts::REGION, 3 + rng() % 14);
+    for (int i = 0; i < 3000; ++i) put(overflow_counts::REGION + rng() % overflow_counts::REGION, 3 + rng() % 400);
+    for (int i = 0; i < 50; ++i) put(3 * overflow_counts::REGION + rng() % 1000, 100000 + rng() % 5);
+    put(4 * overflow_counts::REGION + 5, 1);       // corrupt: below 3
+    put(n - 1, 17);
+    put(n + 1000, 9);                              // beyond the map
+    // Overwrites across the encodings.
+    for (int i = 0; i < 2000; ++i) {
+        std::uint64_t b = rng() % (2 * overflow_counts::REGION);
+        std::uint32_t choices[] = {3, 16, 17, 200, 271, 272, 70000};
+        put(b, choices[rng() % 7]);
+    }
+    EXPECT_EQ(oc.size(), model.size());
+    for (std::uint64_t b = 0; b < n; ++b) {
+        std::uint32_t c = 0;
+        bool found = oc.find(b, c);
+        auto it = model.find(b);
+        ASSERT_EQ(found, it != model.end()) << b;
+        if (found) {
+            ASSERT_EQ(c, it->second) << b;
+        }
+    }
+    std::uint32_t c = 0;
+    EXPECT_TRUE(oc.find(n + 1000, c));
+    EXPECT_EQ(c, 9u);
+    EXPECT_FALSE(oc.find(n + 1001, c));
+}
 
 TEST(Check, CleanPoolChecksCleanWithOneAndTwoThreads) {
     std::map<dev_id, std::uint64_t> counts;

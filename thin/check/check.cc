@@ -161,6 +161,9 @@ private:
             if (msm.nr_blocks > dev_blocks)
                 rep_.problem(severity::fatal, "metadata space map has " + std::to_string(msm.nr_blocks) +
                                                   " blocks, more than the metadata device's " + std::to_string(dev_blocks));
+        }
+        // --super-block-only stops after this stage: it needs no per-block arrays.
+        if (!opts_.use_metadata_snap && !opts_.super_block_only) {
             md_ = std::make_unique<metadata_refs>(std::min<std::uint64_t>(msm.nr_blocks, dev_blocks));
             md_->inc(SUPERBLOCK_LOCATION);
             if (sb.metadata_snap) md_->inc(sb.metadata_snap);

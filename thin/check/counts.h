@@ -19,9 +19,26 @@ namespace thin::check {
 
 using pdata::block_address;
 
+// calloc'd arrays: pages never written (blocks no reference reaches) stay unallocated.
+template <typename T>
+struct calloc_array {
+    explicit calloc_array(std::uint64_t n)
+        : p_(n ? static_cast<T*>(std::calloc(n, sizeof(T))) : nullptr) {
+        if (n && !p_) throw std::bad_alloc();
+    }
+    T& operator[](std::uint64_t i) { return p_.get()[i]; }
+    const T& operator[](std::uint64_t i) const { return p_.get()[i]; }
+
+private:
+    struct deleter {
+        void operator()(T* p) const { std::free(p); }
+    };
+    std::unique_ptr<T, deleter> p_;
+};
+
 class bitset {
 public:
-    explicit bitset(std::uint64_t n = 0) : n_(n), words_((n + 63) / 64, 0) {}
+    explicit bitset(std::uint64_t n = 0) : n_(n), words_((n + 63) / 64) {}
     std::uint64_t size() const { return n_; }
     bool test(std::uint64_t i) const { return (words_[i >> 6] >> (i & 63)) & 1; }
     void set(std::uint64_t i) { words_[i >> 6] |= std::uint64_t(1) << (i & 63); }
@@ -35,18 +52,18 @@ public:
 
 private:
     std::uint64_t n_;
-    std::vector<std::uint64_t> words_;
+    calloc_array<std::uint64_t> words_;
 };
 
 class metadata_refs {
 public:
-    explicit metadata_refs(block_address nr_blocks) : counts_(nr_blocks, 0), seen_(nr_blocks) {}
+    explicit metadata_refs(block_address nr_blocks) : n_(nr_blocks), counts_(nr_blocks), seen_(nr_blocks) {}
 
-    block_address nr_blocks() const { return counts_.size(); }
-    bool in_range(block_address b) const { return b < counts_.size(); }
+    block_address nr_blocks() const { return n_; }
+    bool in_range(block_address b) const { return b < n_; }
     // False when b is beyond the end: nothing is counted, the reference is remembered as bad.
     bool inc(block_address b) {
-        if (b >= counts_.size()) {
+        if (b >= n_) {
             if (beyond_.size() < 16) beyond_.push_back(b);
             ++nr_beyond_;
             return false;
@@ -59,10 +76,11 @@ public:
     std::uint64_t nr_beyond_end() const { return nr_beyond_; }
     std::uint32_t get(block_address b) const { return counts_[b]; }
     // First sight of node b (true once per block); blocks beyond the end are never "seen".
-    bool first_sight(block_address b) { return b < counts_.size() && seen_.test_and_set(b); }
+    bool first_sight(block_address b) { return b < n_ && seen_.test_and_set(b); }
 
 private:
-    std::vector<std::uint32_t> counts_;
+    block_address n_;
+    calloc_array<std::uint32_t> counts_;
     bitset seen_;
     std::vector<block_address> beyond_;
     std::uint64_t nr_beyond_ = 0;

@@ -65,7 +65,7 @@ mapping_checker::mapping_checker(block_manager& bm, metadata_refs* md, data_coun
     : bm_(bm), md_(md), data_(data), nr_data_blocks_(nr_data_blocks), threads_(std::max(1u, threads)) {
     nr_md_blocks_ = bm.nr_blocks();
     if (md_) nr_md_blocks_ = std::min(nr_md_blocks_, md_->nr_blocks());
-    index_.assign(nr_md_blocks_, NONE);
+    index_ = calloc_array<std::uint32_t>(nr_md_blocks_);
 }
 
 mapping_checker::~mapping_checker() = default;
@@ -77,7 +77,7 @@ std::uint32_t mapping_checker::new_node(block_address b, kind k) {
     n.block = b;
     n.k = k;
     nodes_.push_back(n);
-    if (b < index_.size()) index_[b] = idx;
+    if (b < nr_md_blocks_) index_[b] = idx + 1;
     return idx;
 }
 
@@ -138,13 +138,13 @@ void mapping_checker::finish_leaf(const std::uint8_t* d, std::uint32_t idx) {
 }
 
 std::uint32_t mapping_checker::discover(block_address b) {
-    if (b >= index_.size()) {
+    if (b >= nr_md_blocks_) {
         std::string what = md_ && b < bm_.nr_blocks()
                                ? "reference to block " + std::to_string(b) + " beyond the end of the metadata space map"
                                : "reference to block " + std::to_string(b) + " beyond the end of the metadata device";
         return bad_node(b, what, false);
     }
-    if (index_[b] != NONE) return index_[b];
+    if (index_[b]) return index_[b] - 1;
     if (depth_ >= MAX_DEPTH) return bad_node(b, "tree deeper than " + std::to_string(MAX_DEPTH) + " levels", false);
 
     read_ref ref;
@@ -197,9 +197,9 @@ std::uint32_t mapping_checker::discover(block_address b) {
     for (unsigned i = 0; i < nr; ++i) {
         block_address c = children[i];
         std::uint32_t ci;
-        if (c < index_.size() && index_[c] != NONE) {
-            ci = index_[c];
-        } else if (mode == leaves && c < index_.size()) {
+        if (c < nr_md_blocks_ && index_[c]) {
+            ci = index_[c] - 1;
+        } else if (mode == leaves && c < nr_md_blocks_) {
             ci = new_node(c, kind::pending);
             pending_.push_back(ci);
         } else {

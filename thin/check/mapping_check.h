@@ -111,7 +111,8 @@ private:
     unsigned threads_;
     block_address nr_md_blocks_;
 
-    std::vector<std::uint32_t> index_;  // metadata block -> node index (NONE when not met)
+    // metadata block -> node index + 1 (0 when not met); calloc'd, so untouched pages cost nothing.
+    calloc_array<std::uint32_t> index_{0};
     std::vector<node> nodes_;
     std::vector<internal> internals_;
     std::vector<std::uint64_t> child_keys_;

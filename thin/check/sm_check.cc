@@ -32,7 +32,8 @@ void walk_overflow(block_manager& bm, const sm_root& root, const char* name, met
                    space_map_layout& out) {
     count_root(md, root.ref_count_root, name, "reference count tree root", rep);
     tree_walk_callbacks cb;
-    cb.value = [&](std::uint64_t key, const std::uint8_t* v) { out.overflow[key] = load_le32(v); };
+    out.overflow = overflow_counts(root.nr_blocks);
+    cb.value = [&](std::uint64_t key, const std::uint8_t* v) { out.overflow.set(key, load_le32(v)); };
     cb.damage = [&](const btree::key_range& lost, block_address b, const std::string& what) {
         rep.problem(severity::fatal,
                     std::string(name) + ": reference count tree is missing entries " + format_range(lost.begin, lost.end),
@@ -116,13 +117,9 @@ void compare(block_manager& bm, const space_map_layout& layout, std::uint64_t nr
                 std::uint32_t actual = sm::entry_get(word, k);
                 block_address b = first + k;
                 std::uint32_t want = expected(b);
-                if (actual == 3) {
-                    auto it = layout.overflow.find(b);
-                    if (it == layout.overflow.end()) {
-                        if (!missing_overflow++) first_missing = b;
-                        continue;
-                    }
-                    actual = it->second;
+                if (actual == 3 && !layout.overflow.find(b, actual)) {
+                    if (!missing_overflow++) first_missing = b;
+                    continue;
                 }
                 if (actual != want) out.add(b, want, actual);
             }
@@ -135,6 +132,54 @@ void compare(block_manager& bm, const space_map_layout& layout, std::uint64_t nr
 }
 
 } // namespace
+
+static_assert(overflow_counts::REGION == ENTRIES_PER_BITMAP);
+
+overflow_counts::overflow_counts(std::uint64_t nr_blocks) : nr_blocks_(nr_blocks) {}
+
+void overflow_counts::set(std::uint64_t b, std::uint32_t count) {
+    if (b >= nr_blocks_) {
+        if (big_.insert_or_assign(b, count).second) ++size_;
+        return;
+    }
+    std::uint64_t r = b / REGION, i = b % REGION;
+    if (r >= regions_.size()) regions_.resize(r + 1);
+    region& reg = regions_[r];
+    if (!reg.nibbles) reg.nibbles.reset(new std::uint8_t[REGION / 2]());
+    unsigned old = (reg.nibbles[i >> 1] >> (unsigned(i & 1) << 2)) & 0xf;
+    if (old == 0) ++size_;
+    if (old == ESCAPED) {  // forget the old value
+        if (!reg.bytes || reg.bytes[i] == 0xff) big_.erase(b);
+        if (reg.bytes) reg.bytes[i] = 0xff;
+        --reg.nr_escaped;
+    }
+    if (count >= 3 && count < 2 + ESCAPED) {
+        set_nibble(reg, i, count - 2);
+        return;
+    }
+    set_nibble(reg, i, ESCAPED);
+    ++reg.nr_escaped;
+    if (!reg.bytes && reg.nr_escaped > BYTES_AFTER && count >= 2 + ESCAPED) give_bytes(reg, r);
+    if (reg.bytes && count >= 2 + ESCAPED && count - 2 - ESCAPED < 0xff) reg.bytes[i] = std::uint8_t(count - 2 - ESCAPED);
+    else big_[b] = count;
+}
+
+// Moves the region's escaped counts that fit a byte out of the hash table.
+void overflow_counts::give_bytes(region& reg, std::uint64_t r) {
+    reg.bytes.reset(new std::uint8_t[REGION]);
+    std::fill_n(reg.bytes.get(), REGION, std::uint8_t(0xff));
+    std::uint64_t base = r * REGION;
+    for (std::uint64_t i = 0; i < REGION; ++i) {
+        if (((reg.nibbles[i >> 1] >> (unsigned(i & 1) << 2)) & 0xf) != ESCAPED) continue;
+        auto it = big_.find(base + i);
+        if (it == big_.end()) continue;
+        std::uint32_t c = it->second;
+        if (c >= 2 + ESCAPED && c - 2 - ESCAPED < 0xff) {
+            reg.bytes[i] = std::uint8_t(c - 2 - ESCAPED);
+            big_.erase(it);
+        }
+    }
+}
 
 void difference_list::add(block_address b, std::uint32_t expected, std::uint32_t actual) {
     ++nr_blocks_;

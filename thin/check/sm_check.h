@@ -10,6 +10,7 @@
 #include "persistent-data/space_map.h"
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -40,10 +41,70 @@ private:
     std::uint64_t nr_blocks_ = 0;
 };
 
+// The counts a space map's overflow tree holds (format.md §4.3), kept compactly: a pool with a held
+// snapshot can have most of its blocks at count 3, so a node-based hash table per entry would cost
+// ~30 bytes a block. Instead each region of ENTRIES_PER_BITMAP blocks that has any entry gets a
+// nibble per block (0: no entry, 1..14: count 2+v, 15: see below), allocated on first use. Counts
+// of 17 and more live in a small hash table until a region has many of them; then the region gets a
+// byte per block as well (count - 17, 255: in the hash table). Counts below 3 (corrupt, but
+// possible) and keys beyond the map go to the hash table too.
+class overflow_counts {
+public:
+    static constexpr std::uint64_t REGION = 16320;  // pdata::ENTRIES_PER_BITMAP
+
+    explicit overflow_counts(std::uint64_t nr_blocks = 0);
+
+    void set(std::uint64_t b, std::uint32_t count);
+    // False when the tree has no entry for b.
+    bool find(std::uint64_t b, std::uint32_t& count) const {
+        if (b < nr_blocks_) {
+            std::uint64_t r = b / REGION;
+            if (r >= regions_.size() || !regions_[r].nibbles) return false;
+            const region& reg = regions_[r];
+            std::uint64_t i = b % REGION;
+            unsigned v = (reg.nibbles[i >> 1] >> (unsigned(i & 1) << 2)) & 0xf;
+            if (v == 0) return false;
+            if (v != ESCAPED) {
+                count = v + 2;
+                return true;
+            }
+            if (reg.bytes && reg.bytes[i] != 0xff) {
+                count = reg.bytes[i] + 2u + ESCAPED;
+                return true;
+            }
+        }
+        auto it = big_.find(b);
+        if (it == big_.end()) return false;
+        count = it->second;
+        return true;
+    }
+    std::uint64_t size() const { return size_; }
+
+private:
+    static constexpr unsigned ESCAPED = 15;
+    static constexpr std::uint32_t BYTES_AFTER = 256;  // escaped entries in a region before it gets bytes
+    struct region {
+        std::unique_ptr<std::uint8_t[]> nibbles;
+        std::unique_ptr<std::uint8_t[]> bytes;
+        std::uint32_t nr_escaped = 0;
+    };
+    void set_nibble(region& reg, std::uint64_t i, unsigned v) {
+        std::uint8_t& byte = reg.nibbles[i >> 1];
+        unsigned shift = unsigned(i & 1) << 2;
+        byte = std::uint8_t((byte & ~(0xfu << shift)) | (v << shift));
+    }
+    void give_bytes(region& reg, std::uint64_t r);
+
+    std::uint64_t nr_blocks_;
+    std::uint64_t size_ = 0;
+    std::vector<region> regions_;
+    std::unordered_map<std::uint64_t, std::uint32_t> big_;
+};
+
 struct space_map_layout {
     bool usable = false;                 // the bitmaps could be located
     std::vector<block_address> bitmaps;  // by bitmap index; NO_BLOCK where the index has no entry
-    std::unordered_map<std::uint64_t, std::uint32_t> overflow;  // counts >= 3
+    overflow_counts overflow;            // counts >= 3
 };
 
 // Locates the bitmaps and overflow counts of a space map, adding the metadata references its
