@@ -1,6 +1,7 @@
 // thin/repair: valid metadata built through thin::metadata is damaged in the ways repair must
 // survive (superblock, details root, mapping root, one leaf, the live trees with a metadata
-// snapshot held, a data space map smaller than the mappings), repaired, and the output is checked
+// snapshot held, a data space map smaller than the mappings, mappings past the end of the data
+// device up to data block 2^40-1, a data device the output cannot describe), repaired, and the output is checked
 // by our checker and Debian's thin_check 0.9.0 and compared with what the model says survives.
 // Kernel fixtures: repair keeps every mapping of the valid ones and recovers the corrupted one
 // from its metadata snapshot.
@@ -463,6 +464,180 @@ TEST(repair, data_space_map_smaller_than_the_mappings) {
     for (auto& [d, dm] : want)
         std::erase_if(dm.mappings, [](const auto& kv) { return kv.second.data_block >= 1000; });
     EXPECT_EQ(model_of_file(dir.file("out")), with_counts(want));
+}
+
+namespace {
+// ---- mappings beyond the data device ----
+
+// The first leaf of dev's level-2 tree (leftmost path).
+block_address first_leaf(const std::string& path, dev_id dev) {
+    block_address b = level2_root(path, superblock_of(path).data_mapping_root, dev);
+    for (;;) {
+        auto buf = read_raw(path, b);
+        btree::node_ref n(buf.data());
+        if (n.is_leaf()) return b;
+        b = n.value64(0);
+    }
+}
+
+// Points entry i of leaf b at data block data (keeping its time); returns its thin block.
+std::uint64_t set_mapping(const std::string& path, block_address b, unsigned i, std::uint64_t data) {
+    auto buf = read_raw(path, b);
+    btree::node_mut n(buf.data());
+    block_time bt = block_time::unpack(n.value64(i));
+    bt.data_block = data;
+    n.set_value64(i, bt.pack());
+    store_le32(buf.data(), block_checksum(buf.data(), block_salt::btree_node));
+    write_raw(path, b, buf);
+    return n.key(i);
+}
+
+// Rewrites block 0's data space map root with f applied (the checksum stays good).
+void edit_data_sm_root(const std::string& path, const std::function<void(sm_root&)>& f) {
+    auto buf = read_raw(path, 0);
+    sm_root r = sm_root::unpack(buf.data() + 64);
+    f(r);
+    r.pack(buf.data() + 64);
+    store_le32(buf.data(), block_checksum(buf.data(), block_salt::superblock));
+    write_raw(path, 0, buf);
+}
+
+// Device 2 (never snapshotted, so its leaves are its own): entry 0 -> 2^40-1, entry 1 -> the
+// data device size (the first block past the end), entry 2 -> the last block of the device.
+// Returns the model with those changes (all three still mapped).
+pool_model point_beyond_the_end(const std::string& path, pool_model m, std::uint64_t nr_data_blocks) {
+    block_address leaf = first_leaf(path, 2);
+    std::uint64_t targets[] = {MAX_DATA_BLOCK, nr_data_blocks, nr_data_blocks - 1};
+    for (unsigned i = 0; i < 3; ++i) {
+        std::uint64_t v = set_mapping(path, leaf, i, targets[i]);
+        m.at(2).mappings.at(v).data_block = targets[i];
+    }
+    return m;
+}
+
+pool_model without_mappings_at_or_above(pool_model m, std::uint64_t limit) {
+    for (auto& [d, dm] : m)
+        std::erase_if(dm.mappings, [limit](const auto& kv) { return kv.second.data_block >= limit; });
+    return with_counts(m);
+}
+
+bool any_line_has(const std::vector<std::string>& lines, std::initializer_list<const char*> words) {
+    for (auto& l : lines) {
+        bool all = true;
+        for (const char* w : words) all = all && l.find(w) != std::string::npos;
+        if (all) return true;
+    }
+    return false;
+}
+
+} // namespace
+
+TEST(repair, mappings_beyond_the_data_device_size_are_dropped) {
+    scratch_dir dir;
+    built b = build_file(dir.file("in"));
+    pool_model damaged = point_beyond_the_end(dir.file("in"), b.model, 100000);
+
+    std::vector<std::string> report;
+    auto s = repair_file(dir.file("in"), dir.file("out"), {}, &report);
+    EXPECT_EQ(s.dropped_mappings, 2u) << joined(report);
+    // The data device keeps the size the superblock records; the block just below it stays.
+    EXPECT_EQ(superblock_of(dir.file("out")).data_sm().nr_blocks, 100000u);
+    EXPECT_TRUE(any_line_has(report, {"thin device 2", "2 mappings", "100000"})) << joined(report);
+    expect_valid_output(dir.file("out"));
+    EXPECT_EQ(model_of_file(dir.file("out")), without_mappings_at_or_above(damaged, 100000));
+
+    // thin_dump --repair: the same rule.
+    block_manager bm(open_file(dir.file("in")), 64);
+    recorder r;
+    auto ds = repair::repair_dump(bm, {}, r);
+    EXPECT_EQ(r.sb.nr_data_blocks, 100000u);
+    EXPECT_EQ(ds.dropped_mappings, 2u);
+    EXPECT_EQ(r.emitted[2], damaged.at(2).mappings.size() - 2);
+}
+
+TEST(repair, untrusted_data_space_map_and_a_mapping_at_2_pow_40_minus_1_needs_nr_data_blocks) {
+    scratch_dir dir;
+    built b = build_file(dir.file("in"));
+    pool_model damaged = point_beyond_the_end(dir.file("in"), b.model, 100000);
+    // The data space map root names a block that is not an index tree: its size cannot be trusted,
+    // and 2^40 data blocks (67 million bitmaps) do not fit in the output.
+    edit_data_sm_root(dir.file("in"), [](sm_root& r) { r.bitmap_root = 0; });
+
+    make_file(dir.file("out"), 2048);
+    block_manager bm(open_file(dir.file("in")), 256);
+    try {
+        repair::repair_metadata(bm, open_file(dir.file("out"), true), {});
+        ADD_FAILURE() << "repair succeeded with a data device of 2^40 blocks";
+    } catch (const repair::repair_error& e) {
+        std::string w = e.what();
+        EXPECT_NE(w.find("--nr-data-blocks"), std::string::npos) << w;
+        EXPECT_NE(w.find(std::to_string(MAX_DATA_BLOCK)), std::string::npos) << w;
+        EXPECT_EQ(w.find('\n'), std::string::npos) << w;
+    }
+    // Nothing was written.
+    EXPECT_TRUE(block_is_all_zero(read_raw(dir.file("out"), 0).data()));
+
+    repair::repair_options o;
+    o.nr_data_blocks = 100000;
+    std::vector<std::string> report;
+    auto s = repair_file(dir.file("in"), dir.file("out"), o, &report);
+    EXPECT_EQ(s.dropped_mappings, 2u);
+    EXPECT_EQ(superblock_of(dir.file("out")).data_sm().nr_blocks, 100000u);
+    expect_valid_output(dir.file("out"));
+    EXPECT_EQ(model_of_file(dir.file("out")), without_mappings_at_or_above(damaged, 100000));
+
+    // thin_dump --repair has no output to fit: the size is raised to 2^40.
+    recorder r;
+    repair::repair_dump(bm, {}, r);
+    EXPECT_EQ(r.sb.nr_data_blocks, MAX_DATA_BLOCK + 1);
+}
+
+TEST(repair, untrusted_data_space_map_is_raised_to_the_highest_mapping_when_it_fits) {
+    scratch_dir dir;
+    built b = build_file(dir.file("in"));
+    block_address leaf = first_leaf(dir.file("in"), 2);
+    pool_model want = b.model;
+    std::uint64_t v = set_mapping(dir.file("in"), leaf, 0, 150000);
+    want.at(2).mappings.at(v).data_block = 150000;
+    for (std::uint64_t bad : {std::uint64_t(1) << 50, std::uint64_t(0)}) {
+        SCOPED_TRACE(bad);
+        // nr_blocks beyond 40 bits; then an index root past the end of the device.
+        edit_data_sm_root(dir.file("in"), [bad](sm_root& r) {
+            if (bad) {
+                r.nr_blocks = bad;
+            } else {
+                r.nr_blocks = 100000;
+                r.bitmap_root = 1u << 20;
+            }
+        });
+        std::vector<std::string> report;
+        auto s = repair_file(dir.file("in"), dir.file("out"), {}, &report);
+        EXPECT_EQ(s.dropped_mappings, 0u);
+        EXPECT_EQ(superblock_of(dir.file("out")).data_sm().nr_blocks, 150001u) << joined(report);
+        EXPECT_TRUE(any_line_has(report, {"data space map", "150001"})) << joined(report);
+        expect_valid_output(dir.file("out"));
+        EXPECT_EQ(model_of_file(dir.file("out")), want);
+    }
+}
+
+TEST(repair, a_data_device_too_big_for_the_output_is_refused_before_writing) {
+    scratch_dir dir;
+    build_file(dir.file("in"));
+    repair::repair_options o;
+    o.nr_data_blocks = MAX_DATA_BLOCK + 1;
+    make_file(dir.file("out"), 2048);
+    block_manager bm(open_file(dir.file("in")), 256);
+    try {
+        repair::repair_metadata(bm, open_file(dir.file("out"), true), o);
+        ADD_FAILURE() << "repair succeeded";
+    } catch (const repair::repair_error& e) {
+        EXPECT_NE(std::string(e.what()).find("--nr-data-blocks"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(block_is_all_zero(read_raw(dir.file("out"), 0).data()));
+    // The superblock's own size, too: 100000 data blocks need 7 bitmaps, more than 8 blocks hold.
+    make_file(dir.file("small"), 8);
+    EXPECT_THROW(repair::repair_metadata(bm, open_file(dir.file("small"), true), {}), repair::repair_error);
+    EXPECT_TRUE(block_is_all_zero(read_raw(dir.file("small"), 0).data()));
 }
 
 TEST(repair, failure_leaves_the_output_superblock_zeroed) {

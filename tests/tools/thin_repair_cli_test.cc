@@ -3,7 +3,13 @@
 // mode, and outputs that Debian's thin_check accepts.
 #include "tests/tools/cli_helpers.h"
 
+#include "thin/metadata/mapping.h"
 #include "thin/metadata/metadata.h"
+#include "thin/metadata/superblock.h"
+
+#include "persistent-data/btree/node.h"
+#include "persistent-data/checksum.h"
+#include "persistent-data/endian.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -60,6 +66,55 @@ void flip_byte(const std::string& path, off_t offset) {
 bool block0_is_zero(const std::string& path) {
     std::string s = thinpool_test::read_file(path).substr(0, 4096);
     return s.find_first_not_of('\0') == std::string::npos;
+}
+
+std::string read_block(const std::string& path, std::uint64_t b) {
+    return thinpool_test::read_file(path).substr(b * 4096, 4096);
+}
+
+void write_block(const std::string& path, std::uint64_t b, std::string buf, pdata::block_salt salt) {
+    auto* p = reinterpret_cast<std::uint8_t*>(buf.data());
+    pdata::store_le32(p, pdata::block_checksum(p, salt));
+    int fd = ::open(path.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, buf.data(), 4096, static_cast<off_t>(b * 4096)), 4096);
+    ::close(fd);
+}
+
+// Valid metadata of one thin device (id 0, 100 mappings, one leaf) on a data device of 50000
+// blocks, whose mappings 0, 1 and 2 then point at data blocks 2^40-1, 50000 (the first block past
+// the end) and 49999 (the last block).
+std::string make_input_beyond_the_end(const std::string& path) {
+    thinpool_test::make_sparse_file(path, 1024 * 4096);
+    {
+        auto md = thin::metadata::format(
+            std::shared_ptr<pdata::io_engine>(pdata::open_sync_engine(path, {pdata::open_mode::read_write, false})), 128,
+            50000);
+        md->create_thin(0);
+        for (std::uint64_t v = 0; v < 100; ++v) md->insert(0, v, *md->alloc_data_block());
+        md->commit();
+    }
+    std::string sb = read_block(path, 0);
+    auto top = read_block(path, thin::superblock::unpack(reinterpret_cast<const std::uint8_t*>(sb.data())).data_mapping_root);
+    std::uint64_t leaf = pdata::btree::node_ref(reinterpret_cast<const std::uint8_t*>(top.data())).value64(0);
+    std::string buf = read_block(path, leaf);
+    pdata::btree::node_mut n(reinterpret_cast<std::uint8_t*>(buf.data()));
+    EXPECT_TRUE(n.is_leaf());
+    const std::uint64_t targets[] = {thin::MAX_DATA_BLOCK, 50000, 49999};
+    for (unsigned i = 0; i < 3; ++i) n.set_value64(i, thin::block_time{targets[i], 0}.pack());
+    write_block(path, leaf, buf, pdata::block_salt::btree_node);
+    return path;
+}
+
+void expect_both_checkers_pass(const std::string& out) {
+    auto ck = ours("thin_check", {out});
+    EXPECT_EQ(ck.exit_code, 0) << describe(ck);
+    if (thinpool_test::reference_tools_available()) {
+        auto c = theirs("thin_check", {out});
+        EXPECT_EQ(c.exit_code, 0) << describe(c);
+    } else if (thinpool_test::reference_tools_required()) {
+        ADD_FAILURE() << "reference tools missing";
+    }
 }
 
 } // namespace
@@ -260,4 +315,53 @@ TEST_F(thin_repair_cli, corrupted_kernel_fixture_repairs_from_the_snapshot) {
         EXPECT_EQ(c.exit_code, 0) << describe(c);
         EXPECT_NE(theirs("thin_dump", {out}).out.find("<device dev_id=\"1\""), std::string::npos);
     }
+}
+
+TEST_F(thin_repair_cli, mappings_beyond_the_data_device_are_dropped_with_a_warning) {
+    std::string in = make_input_beyond_the_end(dir.file("in"));
+    std::string out = make_output();
+    auto r = repair({"-i", in, "-o", out});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_NE(r.err.find("thin device 0: 2 mappings"), std::string::npos) << describe(r);
+    EXPECT_NE(r.err.find("50000"), std::string::npos) << describe(r);
+    expect_both_checkers_pass(out);
+    auto d = ours("thin_dump", {out});
+    EXPECT_NE(d.out.find("nr_data_blocks=\"50000\""), std::string::npos) << d.out.substr(0, 300);
+    EXPECT_NE(d.out.find("mapped_blocks=\"98\""), std::string::npos) << d.out.substr(0, 300);
+    EXPECT_NE(d.out.find("origin_block=\"2\" data_block=\"49999\""), std::string::npos) << d.out.substr(0, 600);
+
+    r = repair({"-q", "-i", in, "-o", out});
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_EQ(r.err, "");
+}
+
+TEST_F(thin_repair_cli, unknown_data_device_size_too_big_for_the_output_asks_for_nr_data_blocks) {
+    std::string in = make_input_beyond_the_end(dir.file("in"));
+    // The data space map root's index tree is the superblock: its size cannot be trusted.
+    std::string sb = read_block(in, 0);
+    pdata::store_le64(reinterpret_cast<std::uint8_t*>(sb.data()) + 64 + 16, 0);
+    write_block(in, 0, sb, pdata::block_salt::superblock);
+
+    std::string out = make_output();
+    auto r = repair({"-i", in, "-o", out});
+    EXPECT_EQ(r.exit_code, 1) << describe(r);
+    EXPECT_NE(r.err.find("--nr-data-blocks"), std::string::npos) << describe(r);
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << describe(r);
+    EXPECT_TRUE(block0_is_zero(out));
+
+    r = repair({"-i", in, "-o", out, "--nr-data-blocks", "50000"});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_NE(r.err.find("thin device 0: 2 mappings"), std::string::npos) << describe(r);
+    expect_both_checkers_pass(out);
+    auto d = ours("thin_dump", {out});
+    EXPECT_NE(d.out.find("nr_data_blocks=\"50000\""), std::string::npos) << d.out.substr(0, 300);
+    EXPECT_NE(d.out.find("mapped_blocks=\"98\""), std::string::npos) << d.out.substr(0, 300);
+
+    // A size the output cannot describe is refused before anything is written.
+    std::string out2 = make_output("out2");
+    r = repair({"-i", in, "-o", out2, "--nr-data-blocks", std::to_string(thin::MAX_DATA_BLOCK + 1)});
+    EXPECT_EQ(r.exit_code, 1) << describe(r);
+    EXPECT_NE(r.err.find("--nr-data-blocks"), std::string::npos) << describe(r);
+    EXPECT_EQ(r.err.find("out of memory"), std::string::npos) << describe(r);
+    EXPECT_TRUE(block0_is_zero(out2));
 }

@@ -8,6 +8,7 @@
 // handle whole leaves in visit_node, so the cost per mapping is a few instructions.
 #include "thin/repair/repair.h"
 
+#include "thin/repair/data_size.h"
 #include "thin/repair/roots.h"
 #include "thin/restore/restore_emitter.h"
 #include "thin/metadata/mapping.h"
@@ -15,6 +16,7 @@
 #include "thin/metadata/superblock.h"
 
 #include "persistent-data/btree/walk.h"
+#include "persistent-data/space-maps/layout.h"
 
 #include <algorithm>
 
@@ -33,7 +35,10 @@ struct planned_device {
 struct plan {
     superblock_info sb;
     std::vector<planned_device> devices;
-    std::optional<std::uint64_t> limit;  // mappings at or above are dropped (given --nr-data-blocks)
+    // Mappings at or above are dropped: --nr-data-blocks, or the size the superblock's data space
+    // map records when it is sane. nullopt: the size follows the mappings.
+    std::optional<std::uint64_t> limit;
+    std::string limit_name;  // what the limit is, for the report of dropped mappings
     repair_summary summary;
 };
 
@@ -80,6 +85,7 @@ public:
     std::uint64_t dropped = 0;
     std::uint64_t lost = 0;
     std::optional<std::uint64_t> max_data;
+    std::uint64_t max_dropped = 0;
     std::uint32_t max_time = 0;
 
     void visit_damage(const std::vector<std::uint64_t>&, btree::key_range r, block_address b,
@@ -97,6 +103,7 @@ protected:
             std::uint64_t d = v >> 24;
             if (limit_ && d >= *limit_) {
                 ++dropped;
+                max_dropped = std::max(max_dropped, d);
                 continue;
             }
             ++count;
@@ -169,7 +176,13 @@ std::optional<superblock> read_superblock(block_manager& bm, block_address b, st
     return std::nullopt;
 }
 
-plan make_plan(block_manager& bm, const repair_options& opts) {
+std::string plural(std::uint64_t n, const char* word) {
+    return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
+// out_blocks: the output's size when the plan is for new metadata (thin_repair); the data space
+// map of the chosen data device size must fit in it. nullopt for thin_dump --repair.
+plan make_plan(block_manager& bm, const repair_options& opts, std::optional<block_address> out_blocks) {
     plan p;
     std::string problem;
     std::optional<superblock> sb0 = read_superblock(bm, SUPERBLOCK_LOCATION, &problem);
@@ -198,6 +211,27 @@ plan make_plan(block_manager& bm, const repair_options& opts) {
     if (opts.nr_data_blocks && *opts.nr_data_blocks > MAX_DATA_BLOCK + 1)
         throw repair_error("--nr-data-blocks: " + std::to_string(*opts.nr_data_blocks) +
                            " is too large (data block numbers have 40 bits)");
+
+    // The data device size, when it is known before the mappings are walked.
+    auto output_room = [&](std::uint64_t nr_data_blocks) {
+        return "the output (" + std::to_string(std::min<std::uint64_t>(*out_blocks, pdata::sm::MAX_METADATA_BLOCKS)) +
+               " metadata blocks) cannot hold a data space map of " + std::to_string(nr_data_blocks) +
+               " data blocks (" + std::to_string(data_space_map_blocks(nr_data_blocks)) + " metadata blocks)";
+    };
+    std::string untrusted;  // why the superblock's data space map root is not believed
+    if (opts.nr_data_blocks) {
+        p.limit = *opts.nr_data_blocks;
+        p.limit_name = "at or above --nr-data-blocks " + std::to_string(*p.limit);
+        if (out_blocks && !output_describes(*p.limit, *out_blocks))
+            throw repair_error("--nr-data-blocks " + std::to_string(*p.limit) + ": " + output_room(*p.limit) +
+                               "; use a bigger output");
+    } else if (auto n = recorded_data_size(bm, sb0->data_sm(), &untrusted)) {
+        p.limit = *n;
+        p.limit_name = "at or beyond the end of the data device (" + plural(*n, "block") +
+                       ", recorded in the superblock's data space map)";
+        if (out_blocks && !output_describes(*n, *out_blocks))
+            throw repair_error(output_room(*n) + ", the data device size recorded in the superblock; use a bigger output");
+    }
 
     chosen_trees t = choose_trees(bm, sb0 ? &*sb0 : nullptr, opts.report);
     p.summary.source = t.source;
@@ -231,7 +265,6 @@ plan make_plan(block_manager& bm, const repair_options& opts) {
     }
 
     // First walk: exact counts, highest data block and time.
-    p.limit = opts.nr_data_blocks;
     std::optional<std::uint64_t> max_data;
     std::uint32_t max_time = 0;
     for (planned_device& dev : p.devices) {
@@ -242,9 +275,9 @@ plan make_plan(block_manager& bm, const repair_options& opts) {
         p.summary.lost_ranges += w.lost;
         p.summary.dropped_mappings += w.dropped;
         if (w.dropped)
-            say(opts, "thin device " + std::to_string(dev.id) + ": " + std::to_string(w.dropped) +
-                          " mappings to data blocks at or above --nr-data-blocks " + std::to_string(*p.limit) +
-                          " dropped");
+            say(opts, "thin device " + std::to_string(dev.id) + ": " + plural(w.dropped, "mapping") +
+                          " to data blocks " + p.limit_name + " dropped (the highest: data block " +
+                          std::to_string(w.max_dropped) + ")");
         if (w.max_data && (!max_data || *w.max_data > *max_data)) max_data = w.max_data;
         max_time = std::max({max_time, w.max_time, dev.details.creation_time, dev.details.snapshotted_time});
     }
@@ -257,14 +290,33 @@ plan make_plan(block_manager& bm, const repair_options& opts) {
     info.time = std::max(sb0 ? sb0->time : 0u, max_time);
     info.transaction = opts.transaction_id ? *opts.transaction_id : sb0->trans_id;
     info.data_block_size = opts.data_block_size ? *opts.data_block_size : sb0->data_block_size;
-    if (opts.nr_data_blocks) {
-        info.nr_data_blocks = *opts.nr_data_blocks;
+    if (p.limit) {
+        info.nr_data_blocks = *p.limit;
     } else {
-        info.nr_data_blocks = sb0->data_sm().nr_blocks;
-        if (max_data && *max_data >= info.nr_data_blocks) {
-            say(opts, "nr_data_blocks raised from " + std::to_string(info.nr_data_blocks) + " to " +
-                          std::to_string(*max_data + 1) + " (the highest mapped data block + 1)");
-            info.nr_data_blocks = *max_data + 1;
+        // The data space map is damaged. Its recorded size is kept when every mapping is below it
+        // and the output can describe it (the index blocks may be what broke). Otherwise the
+        // smallest size keeping every mapping: safe, since the kernel grows the data space map to
+        // the data device's size at activation (pool.md §6), whereas a size above the device's
+        // would make activation fail.
+        const std::uint64_t recorded = sb0->data_sm().nr_blocks;
+        const std::uint64_t needed = max_data ? *max_data + 1 : 0;
+        if (recorded >= needed && recorded <= MAX_DATA_BLOCK + 1 &&
+            (!out_blocks || output_describes(recorded, *out_blocks))) {
+            say(opts, "the superblock's data space map is damaged (" + untrusted +
+                          "); keeping the data device size it records, " + plural(recorded, "block") +
+                          " (no mapping is beyond it)");
+            info.nr_data_blocks = recorded;
+        } else {
+            if (out_blocks && !output_describes(needed, *out_blocks))
+                throw repair_error(
+                    "the data device size is unknown (the superblock's data space map is damaged: " + untrusted +
+                    ") and the highest mapped data block, " + (max_data ? std::to_string(*max_data) : "none") +
+                    ", is beyond what the output can describe: " + output_room(needed) +
+                    "; give the data device size with --nr-data-blocks");
+            say(opts, "the superblock's data space map is damaged (" + untrusted + "): nr_data_blocks set to " +
+                          std::to_string(needed) + ", the highest mapped data block + 1 (it records " +
+                          std::to_string(recorded) + ")");
+            info.nr_data_blocks = needed;
         }
     }
     return p;
@@ -291,13 +343,13 @@ void emit_plan(block_manager& bm, const plan& p, const repair_options& opts, emi
 } // namespace
 
 repair_summary repair_dump(block_manager& bm, const repair_options& opts, emitter& out) {
-    plan p = make_plan(bm, opts);
+    plan p = make_plan(bm, opts, std::nullopt);
     emit_plan(bm, p, opts, out);
     return p.summary;
 }
 
 repair_summary repair_metadata(block_manager& input, std::shared_ptr<io_engine> output, const repair_options& opts) {
-    plan p = make_plan(input, opts);
+    plan p = make_plan(input, opts, output->nr_blocks());
     restore::restore_emitter e(output, restore::restore_options{});
     try {
         emit_plan(input, p, opts, e);

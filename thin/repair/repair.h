@@ -26,12 +26,21 @@
 //    and --nr-data-blocks must all be given (missing_fields), time = the highest time found in the
 //    recovered details and mappings;
 //  - flags 0 (needs_check cleared), version 2, no metadata snapshot.
-// nr_data_blocks and mappings beyond it: a mapping to a data block >= nr_data_blocks cannot be
-// restored. When nr_data_blocks came from --nr-data-blocks, the user's value stands and such
-// mappings are dropped (and reported). When it came from the superblock, it is raised to the
-// highest mapped data block + 1: that is the smallest size keeping every recovered mapping, and it
-// is safe because the kernel grows the data space map to the data device's size when the pool is
-// activated (pool.md §6), while a value above the real size would make activation fail.
+// The data device size (nr_data_blocks) and mappings beyond it (data_size.h): a mapping to a data
+// block >= nr_data_blocks points past the end of the data device; it is damage and is dropped
+// (one report line per device, with the count and the highest such block).
+//  - --nr-data-blocks given: the user's value stands;
+//  - else, when the superblock's data space map root is sane (data_size.h recorded_data_size:
+//    nr_blocks within 40 bits, index tree and last bitmap consistent with it): the size it records;
+//  - else (the data space map is damaged): the size it records when every mapping is below it,
+//    otherwise the highest mapped data block + 1 - the smallest size keeping every recovered
+//    mapping, safe because the kernel grows the data space map to the data device's size when the
+//    pool is activated (pool.md §6), while a value above the real size would make activation fail.
+// thin_repair also requires the data space map of that size to fit in the output next to the
+// space maps' fixed blocks (a bitmap per 16320 data blocks plus its index, format.md §4.5); if it
+// does not, repair_error is thrown before anything is written, naming --nr-data-blocks when the
+// size came from the mappings. So a mapping to data block 2^40-1 never makes it build a data
+// space map of 2^40 blocks. thin_dump --repair has no output to fit and takes the size as is.
 // Each device's mapped_blocks is the number of mappings actually emitted.
 #include "thin/ir/emitter.h"
 
@@ -65,7 +74,8 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// Any other reason the repair cannot go on (bad override values, unreadable device).
+// Any other reason the repair cannot go on (bad override values, unreadable device, a data device
+// the output cannot describe). what() is one line.
 class repair_error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
@@ -81,7 +91,7 @@ struct repair_summary {
     std::uint64_t mappings = 0;
     std::uint64_t dropped_devices = 0;   // in one tree only, bad level-2 root, or bad id
     std::uint64_t lost_ranges = 0;       // damaged nodes below level-2 roots
-    std::uint64_t dropped_mappings = 0;  // beyond a given --nr-data-blocks
+    std::uint64_t dropped_mappings = 0;  // to data blocks beyond the data device (see above)
 };
 
 // thin_dump --repair: emits the best pool recoverable from bm (a whole event stream:
