@@ -114,6 +114,29 @@ read_ref block_manager::read_lock(block_address b, const validator& v) {
     return read_ref(this, e);
 }
 
+read_ref block_manager::try_read_lock(block_address b, const validator& v) noexcept {
+    std::lock_guard lk(mutex_);
+    auto it = entries_.find(b);
+    if (it == entries_.end()) return {};
+    cache_entry* e = it->second.get();
+    if (e->writer) return {};
+    if (e->v != &v && !e->dirty) {
+        // Prefetched (never validated) or last used with another validator: checking costs no I/O.
+        try {
+            v.check(e->data.get(), b);
+        } catch (...) {
+            return {};
+        }
+        e->v = &v;
+    }
+    if (e->in_lru) {
+        lru_.erase(e->lru_pos);
+        e->in_lru = false;
+    }
+    ++e->readers;
+    return read_ref(this, e);
+}
+
 write_ref block_manager::write_lock(block_address b, const validator& v) {
     std::lock_guard lk(mutex_);
     bool fresh = entries_.find(b) == entries_.end();

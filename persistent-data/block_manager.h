@@ -83,6 +83,10 @@ public:
     write_ref write_lock(block_address b, const validator& v);
     // Write reference to a zeroed block without reading the device (for new blocks).
     write_ref write_lock_zero(block_address b, const validator& v);
+    // The fast path's read_lock (pool.md §7.3 rule 9): never touches the device. Returns an empty
+    // read_ref when b is not cached, is write-locked, or fails validation (the blocking read_lock
+    // is the one that reports that); never throws.
+    read_ref try_read_lock(block_address b, const validator& v) noexcept;
 
     // Reads the given blocks (not yet cached) in batches, in block order; validation happens at lock.
     void prefetch(std::span<const block_address> blocks);

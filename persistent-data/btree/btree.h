@@ -38,6 +38,13 @@ block_address empty_tree(const info& inf);
 // keys has info.levels entries. Copies the value into value_out (vt.size bytes) when found.
 bool lookup(const info& inf, block_address root, const std::uint64_t* keys, std::uint8_t* value_out);
 
+// The non-blocking lookup of the pool's fast path (pool.md §7.3 rule 9): like lookup, but reads only
+// blocks already in the block manager's cache. would_block when a node is not cached (or is
+// write-locked, or looks damaged: the blocking lookup reports that). Never throws.
+enum class lookup_status { found, not_found, would_block };
+lookup_status try_lookup(const info& inf, block_address root, const std::uint64_t* keys,
+                         std::uint8_t* value_out) noexcept;
+
 // Inserts or overwrites. Missing upper-level subtrees are created. The tree takes over the
 // caller's reference to value (no inc); an overwritten unequal old value is dec'd.
 block_address insert(const info& inf, block_address root, const std::uint64_t* keys,

@@ -112,7 +112,45 @@ bool iterate_in(transaction_manager& tm, block_address b, std::uint32_t vs, unsi
     return true;
 }
 
+// lookup_one over cached blocks only.
+lookup_status try_lookup_one(transaction_manager& tm, block_address root, std::uint64_t key, std::uint32_t vs,
+                             std::uint8_t* out) {
+    block_address b = root;
+    for (unsigned depth = 0;; ++depth) {
+        read_ref r = tm.bm().try_read_lock(b, nv());
+        if (!r) return lookup_status::would_block;
+        node_ref n(r.data());
+        check_node(n, b, vs, depth);
+        int i = n.lower_bound(key);
+        if (i < 0) return lookup_status::not_found;
+        if (n.is_internal()) {
+            b = n.value64(i);
+            continue;
+        }
+        if (n.key(i) != key) return lookup_status::not_found;
+        if (out) std::memcpy(out, n.value(i), vs);
+        return lookup_status::found;
+    }
+}
+
 } // namespace
+
+lookup_status try_lookup(const info& inf, block_address root, const std::uint64_t* keys,
+                         std::uint8_t* value_out) noexcept {
+    try {
+        block_address b = root;
+        for (unsigned level = 0; level + 1 < inf.levels; ++level) {
+            std::uint8_t buf[8];
+            lookup_status s = try_lookup_one(*inf.tm, b, keys[level], 8, buf);
+            if (s != lookup_status::found) return s;
+            b = load_le64(buf);
+        }
+        return try_lookup_one(*inf.tm, b, keys[inf.levels - 1], inf.vt.size, value_out);
+    } catch (...) {
+        // Damage: let the blocking lookup find and report it.
+        return lookup_status::would_block;
+    }
+}
 
 block_address empty_tree(const info& inf) {
     write_ref w = inf.tm->new_block(btree_node_validator());

@@ -228,6 +228,29 @@ std::optional<lookup_result> metadata::lookup(dev_id d, std::uint64_t vblock) co
     return lookup_result{bt.data_block, bt.time, s.d.snapshotted_time > bt.time};
 }
 
+lookup_status metadata::try_lookup(dev_id d, std::uint64_t vblock, lookup_result& out) const noexcept {
+    auto it = devices_.find(d);
+    if (it == devices_.end()) return lookup_status::would_block;
+    std::uint64_t keys[2] = {d, vblock};
+    std::uint8_t v[8];
+    lookup_status s = btree::try_lookup(mapping_info_, sb_.data_mapping_root, keys, v);
+    if (s == lookup_status::found) {
+        block_time bt = block_time::unpack(load_le64(v));
+        out = lookup_result{bt.data_block, bt.time, it->second.d.snapshotted_time > bt.time};
+    }
+    return s;
+}
+
+std::optional<metadata::mapping_at> metadata::lookup_next(dev_id d, std::uint64_t vblock) const {
+    const device_state& s = dev(d);
+    std::uint64_t keys[2] = {d, vblock};
+    std::uint64_t k;
+    std::uint8_t v[8];
+    if (!btree::lookup_next(mapping_info_, sb_.data_mapping_root, keys, &k, v)) return std::nullopt;
+    block_time bt = block_time::unpack(load_le64(v));
+    return mapping_at{k, lookup_result{bt.data_block, bt.time, s.d.snapshotted_time > bt.time}};
+}
+
 void metadata::insert(dev_id d, std::uint64_t vblock, std::uint64_t data_block) {
     check_writable();
     device_state& s = dev(d);
@@ -296,6 +319,16 @@ std::optional<std::uint64_t> metadata::alloc_data_block() {
     return b;
 }
 
+void metadata::inc_data_block(std::uint64_t b) {
+    check_writable();
+    data_sm_->inc(b);
+}
+
+void metadata::dec_data_block(std::uint64_t b) {
+    check_writable();
+    data_sm_->dec(b);
+}
+
 std::uint64_t metadata::nr_data_blocks() const { return data_sm_->nr_blocks(); }
 std::uint64_t metadata::nr_free_data_blocks() const { return data_sm_->nr_free(); }
 std::uint32_t metadata::data_block_ref_count(std::uint64_t b) const { return data_sm_->get_count(b); }
@@ -316,6 +349,15 @@ void metadata::resize_data(std::uint64_t new_nr) {
 
 block_address metadata::nr_metadata_blocks() const { return md_sm_->nr_blocks(); }
 block_address metadata::nr_free_metadata_blocks() const { return md_sm_->nr_free(); }
+
+block_address metadata::metadata_reserve() const {
+    return std::min<block_address>(4096, md_sm_->nr_blocks() / 10);
+}
+
+block_address metadata::nr_free_metadata_beyond_reserve() const {
+    block_address f = md_sm_->nr_free(), r = metadata_reserve();
+    return f > r ? f - r : 0;
+}
 
 void metadata::resize_metadata() {
     check_writable();

@@ -42,6 +42,9 @@ struct lookup_result {
     bool shared;  // the mapping predates the device's last snapshot (format.md §5.4)
 };
 
+// found / not_found / would_block (the fast path's non-blocking lookup).
+using lookup_status = pdata::btree::lookup_status;
+
 struct open_options {
     bool read_only = false;
     // Format when block 0 is all zeros (as a read-write kernel pool load does).
@@ -76,6 +79,17 @@ public:
 
     // ---- mappings ----
     std::optional<lookup_result> lookup(dev_id dev, std::uint64_t vblock) const;
+    // The pool's fast-path lookup (pool.md §7.3 rule 9): only blocks already cached are read, the
+    // device never is; would_block otherwise (also for an unknown device or damage, which the
+    // blocking lookup reports). Never throws. Safe alongside other const calls; not alongside
+    // changes.
+    lookup_status try_lookup(dev_id dev, std::uint64_t vblock, lookup_result& out) const noexcept;
+    // The first mapping of dev at or after vblock.
+    struct mapping_at {
+        std::uint64_t vblock;
+        lookup_result r;
+    };
+    std::optional<mapping_at> lookup_next(dev_id dev, std::uint64_t vblock) const;
     // Maps vblock to data_block at the current time. The mapping takes over the caller's reference
     // to data_block (from alloc_data_block); a different block mapped before is released.
     void insert(dev_id dev, std::uint64_t vblock, std::uint64_t data_block);
@@ -94,10 +108,19 @@ public:
     std::uint64_t nr_free_data_blocks() const;
     std::uint32_t data_block_ref_count(std::uint64_t b) const;
     void resize_data(std::uint64_t new_nr_blocks);  // growing only
+    // References to data blocks held outside the mapping trees (the pool's allocations whose
+    // mapping is not inserted yet, discards in flight to the data device). They do not mark the
+    // transaction changed: the pool drops them around each commit so the committed space map
+    // never counts a block no mapping references.
+    void inc_data_block(std::uint64_t b);
+    void dec_data_block(std::uint64_t b);
 
     // ---- metadata space ----
     pdata::block_address nr_metadata_blocks() const;
     pdata::block_address nr_free_metadata_blocks() const;
+    // The pool hides min(4096, nr_metadata_blocks / 10) blocks (pool.md §5.7); free beyond it.
+    pdata::block_address metadata_reserve() const;
+    pdata::block_address nr_free_metadata_beyond_reserve() const;
     // Grow to the engine's current size (capped at MAX_METADATA_BLOCKS).
     void resize_metadata();
 
