@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies (Debian 12, including Debian's thin-provisioning-tools
 # as the reference), builds the release preset, runs the unit tests (ctest) and the feature tests
-# (pytest in features/), then builds the tools and the damage corpus test with the asan preset and
-# runs the corpus under ASan+UBSan. Prints "N passed, N failed" last; exits non-zero on any failure.
+# (pytest in features/), then builds the tools, the damage corpus test and the pool runtime's
+# concurrency/crash/scenario suites with the asan preset and runs them under ASan+UBSan.
+# Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -118,37 +119,39 @@ if compgen -G "features/test_*.py" >/dev/null; then
     fi
 fi
 
-# ---- damage corpus under AddressSanitizer + UndefinedBehaviorSanitizer ----
+# ---- under AddressSanitizer + UndefinedBehaviorSanitizer: the damage corpus and the pool runtime ----
 # The corpus test (tests/tools/damage_corpus_test.cc) also ran above in release; here it runs from
 # build/asan, so every tool it starts over every damaged image runs under ASan+UBSan (a sanitizer
-# report, a crash or a hang fails a test). The test target depends on every tool, so building it
-# builds just what the corpus needs.
-CORPUS_TEST=tools_damage_corpus_test
+# report, a crash or a hang fails a test). The pool runtime's concurrency, crash and scenario suites
+# run there too. Test targets depend on every tool, so building them builds just what they need.
+ASAN_TESTS=(tools_damage_corpus_test thin_pool_concurrency_test thin_pool_crash_test thin_pool_scenarios_test)
 quietly "configure (cmake --preset asan)" cmake --preset asan
-quietly "build the damage corpus and the tools (cmake --build --preset asan --target $CORPUS_TEST)" \
-    cmake --build --preset asan --target "$CORPUS_TEST"
-echo "==> damage corpus under ASan+UBSan (build/asan/$CORPUS_TEST)"
-set +e
-ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
-UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
-    "build/asan/$CORPUS_TEST" --gtest_brief=1 >"$CORPUS_LOG" 2>&1
-corpus_rc=$?
-set -e
-# "[  PASSED  ] 40 tests.", "[  FAILED  ] 2 tests, listed below:", "[  SKIPPED ] 1 test, listed below:"
-corpus_passed="$(grep -oE '^\[  PASSED  \] [0-9]+ tests?' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
-corpus_failed="$(grep -oE '^\[  FAILED  \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
-corpus_skipped="$(grep -oE '^\[  SKIPPED \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
-passed=$((passed + ${corpus_passed:-0}))
-failed=$((failed + ${corpus_failed:-0}))
-skipped=$((skipped + ${corpus_skipped:-0}))
-if [ "$corpus_rc" -ne 0 ]; then
-    cat "$CORPUS_LOG"
-    status=1
-    # Died before gtest's summary, or failed after it (a sanitizer report from the test itself).
-    [ -n "${corpus_failed:-}" ] || failed=$((failed + 1))
-else
-    echo "${corpus_passed:-0} corpus tests passed under ASan+UBSan"
-fi
+quietly "build the tools and ${ASAN_TESTS[*]} (cmake --build --preset asan)" \
+    cmake --build --preset asan --target "${ASAN_TESTS[@]}"
+for t in "${ASAN_TESTS[@]}"; do
+    echo "==> $t under ASan+UBSan (build/asan/$t)"
+    set +e
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+        "build/asan/$t" --gtest_brief=1 >"$CORPUS_LOG" 2>&1
+    rc=$?
+    set -e
+    # "[  PASSED  ] 40 tests.", "[  FAILED  ] 2 tests, listed below:", "[  SKIPPED ] 1 test, listed below:"
+    t_passed="$(grep -oE '^\[  PASSED  \] [0-9]+ tests?' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+    t_failed="$(grep -oE '^\[  FAILED  \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+    t_skipped="$(grep -oE '^\[  SKIPPED \] [0-9]+ tests?, listed below' "$CORPUS_LOG" | grep -oE '[0-9]+' | tail -n 1 || true)"
+    passed=$((passed + ${t_passed:-0}))
+    failed=$((failed + ${t_failed:-0}))
+    skipped=$((skipped + ${t_skipped:-0}))
+    if [ "$rc" -ne 0 ]; then
+        cat "$CORPUS_LOG"
+        status=1
+        # Died before gtest's summary, or failed after it (a sanitizer report from the test itself).
+        [ -n "${t_failed:-}" ] || failed=$((failed + 1))
+    else
+        echo "${t_passed:-0} tests passed under ASan+UBSan"
+    fi
+done
 
 [ "$skipped" -eq 0 ] || echo "($skipped skipped)"
 echo "$passed passed, $failed failed"
