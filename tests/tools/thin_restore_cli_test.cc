@@ -2,7 +2,9 @@
 // thin-provisioning-tools 0.9.0 in both directions.
 #include "tests/tools/cli_helpers.h"
 
+#include <algorithm>
 #include <fstream>
+#include <sstream>
 
 using namespace cli_test;
 using thinpool_test::scratch_dir;
@@ -150,6 +152,63 @@ TEST_F(thin_restore_cli, errors_name_the_line_and_zero_the_superblock) {
         auto q = restore({"-q", "-i", dir.file("bad.xml"), "-o", meta});
         EXPECT_EQ(q.exit_code, 1);
         EXPECT_EQ(q.err, "");
+    }
+}
+
+TEST_F(thin_restore_cli, large_input_round_trips_and_late_errors_are_exact) {
+    // Over 1 MiB of XML and 40,000 mappings: many reads and many event batches between the
+    // parser thread and the one that builds the metadata.
+    std::ostringstream big;
+    big << "<superblock uuid=\"\" time=\"2\" transaction=\"4\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"200000\">\n";
+    for (int dev = 0; dev < 2; ++dev) {
+        big << "  <device dev_id=\"" << dev << "\" mapped_blocks=\"20000\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n";
+        for (int i = 0; i < 20000; ++i)
+            big << "    <single_mapping origin_block=\"" << 2 * i << "\" data_block=\"" << (dev * 20000 + i) * 3 % 200000
+                << "\" time=\"" << i % 2 << "\"/>\n";
+        big << "  </device>\n";
+    }
+    big << "</superblock>\n";
+    const std::string text = big.str();
+    ASSERT_GT(text.size(), std::size_t(1) << 20);
+    thinpool_test::make_sparse_file(meta, 16 << 20);
+    thinpool_test::write_file(dir.file("big.xml"), text);
+    auto r = restore({"-i", dir.file("big.xml"), "-o", meta});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_TRUE(dump({meta}).out == text);
+
+    // Line 20,000 is deep into device 0 (line 1 is the superblock, line 2 its <device>).
+    const std::string line_20000 = "    <single_mapping origin_block=\"39994\" data_block=\"59991\" time=\"1\"/>\n";
+    ASSERT_EQ(std::count(text.begin(), text.begin() + std::ptrdiff_t(text.find(line_20000)), '\n'), 20000 - 1);
+    struct bad {
+        std::string to, want;
+    };
+    std::vector<bad> cases = {
+        // found by the metadata builder
+        {"    <single_mapping origin_block=\"39994\" data_block=\"200000\" time=\"1\"/>\n",
+         "line 20000, column 5: mapping beyond end of data device (200000 >= 200000)"},
+        {"    <single_mapping origin_block=\"3\" data_block=\"59991\" time=\"1\"/>\n",
+         "line 20000, column 5: mapping of origin block 3 is out of order"},
+        // found by the parser
+        {"    <single_mapping origin_block=\"39994\" data_block=\"59991\" time=\"x\"/>\n",
+         "line 20000, column 5: <single_mapping> time=\"x\" is not a non-negative integer"},
+        {"    <single_mapping origin_block=\"39994\" data_block=\"59991\" time=\"1\">\n",
+         "line 20001, column 5: <single_mapping> outside a <device>"},
+        {"    <single_mapping origin_block=\"39994\" data_block=\"59991\" time=\"1\"/></superblock>\n",
+         "line 20000, column 73: mismatched tag"},
+        // both: the first in the document is reported
+        {"    <single_mapping origin_block=\"39994\" data_block=\"200000\" time=\"1\"/>\n<oops/>",
+         "line 20000, column 5: mapping beyond end of data device (200000 >= 200000)"},
+    };
+    for (const auto& c : cases) {
+        ASSERT_EQ(restore({"-i", dir.file("big.xml"), "-o", meta}).exit_code, 0);
+        ASSERT_FALSE(superblock_is_zero(meta));
+        std::string bad_text = text;
+        bad_text.replace(bad_text.find(line_20000), line_20000.size(), c.to);
+        thinpool_test::write_file(dir.file("bad.xml"), bad_text);
+        auto f = restore({"-i", dir.file("bad.xml"), "-o", meta});
+        EXPECT_EQ(f.exit_code, 1) << c.want;
+        EXPECT_NE(f.err.find(dir.file("bad.xml") + ": " + c.want), std::string::npos) << f.err;
+        EXPECT_TRUE(superblock_is_zero(meta)) << c.want;
     }
 }
 

@@ -32,12 +32,13 @@ void guarded_restore(const std::shared_ptr<pdata::io_engine>& output, const rest
 } // namespace
 
 void restore_xml_file(const std::string& xml_path, std::shared_ptr<pdata::io_engine> output,
-                      const restore_options& opts, const progress_fn& progress) {
-    guarded_restore(output, opts, [&](restore_emitter& e) { parse_xml_file(xml_path, e, progress); });
+                      const restore_options& opts, const progress_fn& progress, const parse_options& po) {
+    guarded_restore(output, opts, [&](restore_emitter& e) { parse_xml_file(xml_path, e, progress, po); });
 }
 
-void restore_xml(std::string_view xml, std::shared_ptr<pdata::io_engine> output, const restore_options& opts) {
-    guarded_restore(output, opts, [&](restore_emitter& e) { parse_xml(xml, e); });
+void restore_xml(std::string_view xml, std::shared_ptr<pdata::io_engine> output, const restore_options& opts,
+                 const parse_options& po) {
+    guarded_restore(output, opts, [&](restore_emitter& e) { parse_xml(xml, e, "<string>", po); });
 }
 
 } // namespace thin::restore

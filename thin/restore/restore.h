@@ -9,9 +9,10 @@ namespace thin::restore {
 
 // Restores the XML at xml_path into output. On failure zeroes block 0 of output and rethrows.
 void restore_xml_file(const std::string& xml_path, std::shared_ptr<pdata::io_engine> output,
-                      const restore_options& opts, const progress_fn& progress = {});
+                      const restore_options& opts, const progress_fn& progress = {}, const parse_options& po = {});
 
 // The same from XML held in memory (tests).
-void restore_xml(std::string_view xml, std::shared_ptr<pdata::io_engine> output, const restore_options& opts);
+void restore_xml(std::string_view xml, std::shared_ptr<pdata::io_engine> output, const restore_options& opts,
+                 const parse_options& po = {});
 
 } // namespace thin::restore

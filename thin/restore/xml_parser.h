@@ -1,7 +1,14 @@
 #pragma once
 // The thin metadata XML (tools.md §2.1) parsed as a stream with Expat into emitter IR events:
 // never a DOM, the input is read in 1 MiB pieces and every mapping element becomes a range_map
-// call at once, so memory stays flat however large the input is.
+// event, so memory stays flat however large the input is.
+//
+// Two stages (event_pipe.h): Expat runs on the calling thread and turns elements into compact
+// events in fixed-size batches; a second thread applies them to the emitter in document order.
+// A regular file is read by a third thread, one piece ahead of Expat (read_ahead.h).
+// The emitter is called from that thread only, and never after the parse function returns. The
+// first error in document order is the one thrown, whichever stage finds it, and both stages
+// have stopped by then.
 //
 // Accepted: <superblock> at the root, <device> inside it, <single_mapping>/<range_mapping> inside
 // devices; attribute order is free, unknown attributes are ignored (as thin_restore 0.9.0 does).
@@ -11,6 +18,7 @@
 // that of the element being handled).
 #include "thin/ir/emitter.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -37,10 +45,20 @@ private:
 // Called now and then with the bytes parsed so far.
 using progress_fn = std::function<void(std::uint64_t done)>;
 
+struct parse_options {
+    // The size of the ring between the stages: batches x events_per_batch x 48 bytes.
+    std::size_t batches = 4;
+    std::size_t events_per_batch = 4096;
+    // parse_xml_file: read a regular file on a third thread, one 1 MiB piece ahead (read_ahead.h).
+    bool read_ahead = true;
+};
+
 // Parses the file at path. Throws xml_error, or std::runtime_error when the file cannot be read.
-void parse_xml_file(const std::string& path, emitter& out, const progress_fn& progress = {});
+void parse_xml_file(const std::string& path, emitter& out, const progress_fn& progress = {},
+                    const parse_options& po = {});
 
 // Parses a document held in memory; source names it in messages.
-void parse_xml(std::string_view text, emitter& out, const std::string& source = "<string>");
+void parse_xml(std::string_view text, emitter& out, const std::string& source = "<string>",
+               const parse_options& po = {});
 
 } // namespace thin::restore
