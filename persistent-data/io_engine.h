@@ -48,7 +48,7 @@ enum class open_mode { read_only, read_write };
 
 struct open_options {
     open_mode mode = open_mode::read_only;
-    bool exclusive = true;  // O_EXCL on block devices: refuse a device someone else holds
+    bool exclusive = true;  // O_EXCL on block devices, flock on files: refuse a device someone else holds
 };
 
 // pread/pwrite engine over a file or block device.

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,6 +29,20 @@ device_file::device_file(const std::string& path, open_options opts, bool direct
         if (e == EBUSY)
             throw open_error(path + ": device is busy (in use by an active pool or another program)", e);
         throw open_error(path + ": cannot open: " + std::strerror(e), e);
+    }
+    // A plain file has no O_EXCL: an advisory lock stands in for it, exclusive for writers and
+    // shared for readers, so a running pool (a writer) keeps the tools off its live metadata while
+    // readers of the metadata snapshot (exclusive off) still get in.
+    if (!block_device_ && opts.exclusive) {
+        int how = (opts.mode == open_mode::read_write ? LOCK_EX : LOCK_SH) | LOCK_NB;
+        if (::flock(fd_, how) < 0) {
+            int e = errno;
+            ::close(fd_);
+            fd_ = -1;
+            if (e == EWOULDBLOCK)
+                throw open_error(path + ": in use (locked by a running pool or another program)", EBUSY);
+            throw open_error(path + ": cannot lock: " + std::strerror(e), e);
+        }
     }
 }
 

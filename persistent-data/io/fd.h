@@ -18,7 +18,8 @@ private:
 
 class device_file {
 public:
-    // direct: open with O_DIRECT. Block devices are opened O_EXCL when opts.exclusive.
+    // direct: open with O_DIRECT. With opts.exclusive, block devices are opened O_EXCL and plain
+    // files flock'ed (LOCK_EX read-write, LOCK_SH read-only); EBUSY when someone else holds them.
     device_file(const std::string& path, open_options opts, bool direct);
     ~device_file();
     device_file(const device_file&) = delete;

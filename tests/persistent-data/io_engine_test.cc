@@ -311,7 +311,7 @@ TEST(aio_engine, works_on_tmpfs_with_or_without_o_direct) {
     }
     e->write_many(reqs);
     e->flush();
-    auto sync = open_sync_engine(path, {});
+    auto sync = open_sync_engine(path, {open_mode::read_only, false});  // e holds the file's lock
     auto buf = make_aligned_block();
     for (block_address b = 0; b < 200; b += 13) {
         sync->read(b, buf.get());
@@ -325,7 +325,7 @@ TEST(aio_engine, buffered_fallback_says_so) {
     make_file(path, 4 * MD_BLOCK_SIZE);
     auto e = open_buffered_aio_engine(path, {open_mode::read_write, true});
     EXPECT_NE(e->name().find("O_DIRECT"), std::string::npos) << e->name();
-    auto d = open_aio_engine(path, {open_mode::read_write, true});
+    auto d = open_aio_engine(path, {open_mode::read_write, false});  // e holds the file's lock
     EXPECT_EQ(d->name(), path);  // ext4 and friends take O_DIRECT
 }
 

@@ -145,19 +145,7 @@ void pool_core::message(std::string_view msg) {
         // The origin must not change under the snapshot: hold its new requests back and let the
         // ones in flight (and their deferred work) finish (pool.md §5.8), under the registry lock
         // so the device cannot go away meanwhile.
-        dev_id origin = parse_dev_id(args[2]);
-        std::shared_ptr<thin_impl> t;
-        {
-            std::unique_lock rl(registry_mutex_);
-            for (;;) {
-                auto it = active_.find(origin);
-                if (it == active_.end()) break;
-                t = it->second.weak.lock();
-                if (t) break;
-                // Being destroyed: it is gone once its requests have drained.
-                registry_cv_.wait(rl);
-            }
-        }
+        std::shared_ptr<thin_impl> t = active_for_quiesce(parse_dev_id(args[2]));
         if (t) t->quiesce();
         try {
             run_on_worker([&] { do_message(args); });
@@ -171,8 +159,70 @@ void pool_core::message(std::string_view msg) {
     run_on_worker([&] { do_message(args); });
 }
 
+std::shared_ptr<thin_impl> pool_core::active_for_quiesce(dev_id id) {
+    std::unique_lock rl(registry_mutex_);
+    for (;;) {
+        auto it = active_.find(id);
+        if (it == active_.end()) return nullptr;
+        if (auto t = it->second.weak.lock()) return t;
+        // Being destroyed: it is gone once its requests have drained.
+        registry_cv_.wait(rl);
+    }
+}
+
+// Several snapshots at one point in time: every active origin is quiesced before the first is
+// taken, so no write lands between them; then one commit. Checked as a whole first, so a refusal
+// changes nothing.
+void pool_core::create_snapshots(const std::vector<std::pair<dev_id, dev_id>>& snaps) {
+    std::lock_guard ml(message_mutex_);
+    if (closing_.load()) throw pool_error(EIO, "the pool is closed");
+    pool_mode m = mode_.load();
+    if (m == pool_mode::read_only || m == pool_mode::out_of_metadata_space || m == pool_mode::fail)
+        throw pool_error(EOPNOTSUPP, "unable to service pool target messages in READ_ONLY or FAIL mode");
+    if (snaps.empty()) return;
+    std::set<dev_id> new_ids, origins;
+    {
+        std::shared_lock lk(md_lock_);
+        if (md_broken_.load() || !md_) throw pool_error(EIO, "the pool's metadata is unusable");
+        for (auto [id, origin] : snaps) {
+            if (id > MAX_DEV_ID || origin > MAX_DEV_ID) throw pool_error(EINVAL, "Invalid device id");
+            if (md_->device_exists(id) || !new_ids.insert(id).second)
+                throw pool_error(EEXIST, "Creation of new snapshot " + std::to_string(id) + " of device " +
+                                             std::to_string(origin) + " failed: device " + std::to_string(id) +
+                                             " already exists");
+            origins.insert(origin);
+        }
+        for (dev_id origin : origins)
+            if (new_ids.count(origin) || !md_->device_exists(origin))
+                throw pool_error(ENODATA, "Creation of new snapshot of device " + std::to_string(origin) +
+                                              " failed: no such device");
+    }
+    std::vector<std::shared_ptr<thin_impl>> quiesced;
+    auto resume = [&] {
+        for (auto& t : quiesced) t->unquiesce();
+    };
+    try {
+        for (dev_id origin : origins)
+            if (auto t = active_for_quiesce(origin)) {
+                t->quiesce();
+                quiesced.push_back(std::move(t));
+            }
+        run_on_worker([&] {
+            for (std::size_t i = 0; i < snaps.size(); ++i) {
+                std::vector<std::string> args{"create_snap", std::to_string(snaps[i].first),
+                                              std::to_string(snaps[i].second)};
+                do_message(args, i + 1 == snaps.size());
+            }
+        });
+    } catch (...) {
+        resume();
+        throw;
+    }
+    resume();
+}
+
 // On the worker: the change, then a commit.
-void pool_core::do_message(const std::vector<std::string>& args) {
+void pool_core::do_message(const std::vector<std::string>& args, bool commit) {
     pool_mode m = mode_.load();
     if (m == pool_mode::read_only || m == pool_mode::out_of_metadata_space || m == pool_mode::fail)
         throw pool_error(EOPNOTSUPP, "unable to service pool target messages in READ_ONLY or FAIL mode");
@@ -218,7 +268,7 @@ void pool_core::do_message(const std::vector<std::string>& args) {
         metadata_operation_failed(name, e.what());
         throw pool_error(EIO, failure + ": " + e.what());
     }
-    if (!commit_now()) throw pool_error(EIO, failure + ": commit failed");
+    if (commit && !commit_now()) throw pool_error(EIO, failure + ": commit failed");
 }
 
 // ---- status -------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ public:
     void submit(io_request r) override;
     std::string status() const override;
     thin_status status_info() const override;
+    std::vector<extent> extents(std::uint64_t sector, std::uint64_t nr_sectors) const override;
     void set_nr_sectors(std::uint64_t n) override { nr_sectors_.store(n); }
     void close() override;
 
@@ -122,6 +123,9 @@ public:
     std::shared_ptr<thin_device> activate(dev_id id, std::uint64_t nr_sectors,
                                           std::shared_ptr<data_device> origin, const std::string& origin_path);
     void message(std::string_view msg);
+    void create_snapshots(const std::vector<std::pair<dev_id, dev_id>>& snaps);
+    std::vector<device_info> devices(bool count_exclusive);
+    std::uint32_t data_block_size() const { return bs_; }
     std::string status(bool no_flush);
     pool_status status_info(bool no_flush);
     std::string table() const;
@@ -135,6 +139,7 @@ public:
     // ---- thin side ----
     void submit(thin_impl* tc, io_request&& r);
     thin_status thin_info(const thin_impl* tc) const;
+    std::vector<extent> thin_extents(const thin_impl* tc, std::uint64_t sector, std::uint64_t nr) const;
     // Completes a request that is refused before it is split (closed device), on an internal
     // thread when there still is one.
     void reject(io_request&& r, int err);
@@ -225,7 +230,9 @@ private:
     }
     bool passdown() const { return !adjusted_.ignore_discard && !adjusted_.no_discard_passdown; }
     pool_status fill_status();
-    void do_message(const std::vector<std::string>& args);
+    void do_message(const std::vector<std::string>& args, bool commit = true);
+    // create_snap's quiescing: the active device `id` (waiting out one being destroyed), or null.
+    std::shared_ptr<thin_impl> active_for_quiesce(dev_id id);
 
     // ---- configuration ----
     pool_options opts_;

@@ -40,6 +40,11 @@ public:
         return c_->activate(id, nr_sectors, std::move(external_origin), {});
     }
     void message(std::string_view msg) override { c_->message(msg); }
+    void create_snapshots(const std::vector<std::pair<dev_id, dev_id>>& snaps) override {
+        c_->create_snapshots(snaps);
+    }
+    std::vector<device_info> devices(bool count_exclusive) override { return c_->devices(count_exclusive); }
+    std::uint32_t data_block_size() const override { return c_->data_block_size(); }
     std::string status(bool no_flush) override { return c_->status(no_flush); }
     pool_status status_info(bool no_flush) override { return c_->status_info(no_flush); }
     std::string table() const override { return c_->table(); }

@@ -118,6 +118,25 @@ struct pool_status {
     std::uint64_t metadata_low_water_mark = 0;
 };
 
+// Allocation of a thin device's sectors (thin_device::extents): mapped to a data block; not mapped
+// and reading as zeros; not mapped and read from the external origin.
+enum class extent_state { mapped, unmapped, origin };
+struct extent {
+    std::uint64_t sector = 0, nr_sectors = 0;
+    extent_state state = extent_state::unmapped;
+};
+
+// One thin device of the pool (pool::devices).
+struct device_info {
+    dev_id id = 0;
+    std::uint64_t mapped_blocks = 0;
+    std::optional<std::uint64_t> exclusive_blocks;  // mapped blocks no other device shares (when asked)
+    std::optional<std::uint64_t> highest_mapped_block;
+    std::uint64_t transaction_id = 0;
+    std::uint32_t creation_time = 0, snapshotted_time = 0;
+    bool active = false;
+};
+
 class pool;
 
 class thin_device {
@@ -131,6 +150,10 @@ public:
     // Status INFO of pool.md §1.2 ("<mapped sectors> <highest mapped sector|->" or "Fail").
     virtual std::string status() const = 0;
     virtual thin_status status_info() const = 0;
+    // Allocation of [sector, sector + nr_sectors), clipped to the device: runs in order, merged,
+    // covering the range. A hint, as block status is: a block being provisioned or discarded at
+    // the same time may show either way. Takes the metadata lock shared; waits for metadata I/O.
+    virtual std::vector<extent> extents(std::uint64_t sector, std::uint64_t nr_sectors) const = 0;
     // Change the length (the kernel's reload with another <len>).
     virtual void set_nr_sectors(std::uint64_t n) = 0;
     // Deactivate: waits for in-flight requests; the device id can be deleted afterwards.
@@ -156,6 +179,16 @@ public:
     // "reserve_metadata_snap", "release_metadata_snap"): throws pool_error with the kernel's errno.
     // A snapshot of an active origin quiesces the origin internally first.
     virtual void message(std::string_view msg) = 0;
+
+    // Several snapshots at one point in time: every active origin among them is quiesced first,
+    // all are created, then the origins resume. Pairs are (new id, origin id). Checked as a whole
+    // before anything changes (pool_error EEXIST, ENODATA, EINVAL as create_snap would raise).
+    virtual void create_snapshots(const std::vector<std::pair<dev_id, dev_id>>& snaps) = 0;
+
+    // Every thin device, by id. count_exclusive walks each device's mappings under the shared
+    // metadata lock (the worker waits meanwhile): fine for status, not for a hot path.
+    virtual std::vector<device_info> devices(bool count_exclusive = false) = 0;
+    virtual std::uint32_t data_block_size() const = 0;  // sectors
 
     // The status INFO line of pool.md §3 (commits first unless no_flush), and its parts.
     virtual std::string status(bool no_flush = false) = 0;

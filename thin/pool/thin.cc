@@ -96,4 +96,8 @@ std::string thin_impl::status() const {
 
 thin_status thin_impl::status_info() const { return pool_->thin_info(this); }
 
+std::vector<extent> thin_impl::extents(std::uint64_t sector, std::uint64_t nr_sectors) const {
+    return pool_->thin_extents(this, sector, nr_sectors);
+}
+
 } // namespace thin::pool::detail

@@ -1029,7 +1029,10 @@ TEST(PoolHeldRoot, HeldDumpAndThinCheckWithHeldRoot) {
     p->message("create_snap 1 0");
     p->message("reserve_metadata_snap");
     wipe(*t, N, 0, 2);  // breaks sharing of every block
-    p->commit();
+    // The live metadata is the pool's while it runs (our tools refuse it, as they refuse a block
+    // device the kernel holds): close it, keeping the held root, then compare the two trees.
+    t->close();
+    p.reset();
 
     std::vector<std::pair<std::string, std::string>> tools = {{"ours", std::string(THINPOOL_BINARY_DIR) + "/thin_dump"}};
     if (reference_tools_available()) tools.push_back({"Debian's", reference_tool("thin_dump")});
@@ -1055,8 +1058,6 @@ TEST(PoolHeldRoot, HeldDumpAndThinCheckWithHeldRoot) {
         ASSERT_TRUE(ld.count(1));
         EXPECT_EQ(hb, ld[1].data_blocks());
     }
-    t->close();
-    p->close();
     // thin_check_passes_with_a_held_root (the held root survives close).
     auto md = open_metadata_file(fp.metadata);
     EXPECT_NE(0u, md->metadata_snap());
@@ -2094,9 +2095,6 @@ TEST(PoolTools, ToolsRefuseLiveMetadata) {
     auto p = fp.open();
     p->message("create_thin 0");
     auto r = run_ours("thin_check", {fp.metadata});
-    if (r.exit_code == 0)
-        GTEST_SKIP() << "the pool does not lock a plain metadata file (only block devices are opened O_EXCL), so "
-                        "the tools cannot tell it is live";
     EXPECT_NE(0, r.exit_code) << describe(r);
     // A metadata snapshot of the live pool can still be dumped (you_can_dump_a_metadata_snapshot).
     p->message("reserve_metadata_snap");
