@@ -196,6 +196,9 @@ private:
     void provision(bio* b, cell* c);
     void break_sharing(bio* b, cell* vc, const lookup_result& r);
     void start_overwrite(const std::shared_ptr<mapping>& m);
+    void start_merged_copy(const std::shared_ptr<mapping>& m, std::uint64_t old_block);
+    // Blocks up to this size break sharing of a partial write with one buffered read+write.
+    static constexpr std::uint32_t MAX_MERGED_COPY_SECTORS = 2048;  // 1 MiB
     void mapping_step(const std::shared_ptr<mapping>& m, int r);
     void complete_mapping(const std::shared_ptr<mapping>& m);
     void no_space_for(bio* holder);

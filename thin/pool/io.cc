@@ -4,6 +4,7 @@
 #include "thin/pool/core.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace thin::pool::detail {
@@ -279,8 +280,36 @@ void pool_core::break_sharing(bio* b, cell* vc, const lookup_result& r) {
         --m->pending;  // start_overwrite counts its own step
         return start_overwrite(m);
     }
+    if (b->op == io_op::write && bs_ <= MAX_MERGED_COPY_SECTORS) return start_merged_copy(m, r.data_block);
     data_->copy(*data_, sector_of(r.data_block), sector_of(db), bs_,
                 [this, m](int res) { post([this, m, res] { mapping_step(m, res); }); });
+}
+
+// A partial write to a shared block: the old block is read into a buffer, the write laid over it,
+// and the result written once to the new block, which then is the holder's write (as an
+// overwrite). One read and one write instead of copy-then-write: a third less latency for the
+// first write after a snapshot. The holder counts in the all-I/O set from now on, as an
+// overwrite's does from its issue.
+void pool_core::start_merged_copy(const std::shared_ptr<mapping>& m, std::uint64_t old_block) {
+    m->overwrite = true;
+    bio* b = m->holder;
+    b->all_io = int(all_io_ds_.inc());
+    std::size_t bytes = std::size_t(bs_) * SECTOR_SIZE;
+    std::shared_ptr<std::uint8_t> buf(static_cast<std::uint8_t*>(std::aligned_alloc(4096, bytes)), std::free);
+    auto written = [this, m, b, buf](int r) {
+        if (b->all_io >= 0) {
+            post_jobs(all_io_ds_.dec(unsigned(b->all_io)));
+            b->all_io = -1;
+        }
+        post([this, m, r] { mapping_step(m, r); });
+    };
+    if (!buf) return written(-ENOMEM);
+    std::uint64_t offset = offset_of(b->sector) * SECTOR_SIZE;
+    data_->read(sector_of(old_block), bs_, buf.get(), [this, m, b, buf, offset, written](int r) {
+        if (r) return written(r);
+        std::memcpy(buf.get() + offset, b->buf, b->nr * SECTOR_SIZE);
+        data_->write(sector_of(m->data_block), bs_, buf.get(), written);
+    });
 }
 
 // ---- flush and FUA (pool.md §5.6) -------------------------------------------------------------

@@ -467,6 +467,32 @@ TEST(pool_snapshot, breaking_sharing_keeps_both_sides) {
     EXPECT_EQ(read(*s2, 0, 8 * 128), expect_s);
 }
 
+// A partial write to a shared block reads the old block, lays the write over it and writes the
+// result once; a failed read fails the write and maps nothing.
+TEST(pool_snapshot, partial_write_to_a_shared_block_is_one_read_and_one_write) {
+    mem_pool p(64);
+    auto pl = p.open();
+    pl->message("create_thin 0");
+    auto origin = pl->activate(0, 4 * 128);
+    ASSERT_EQ(write(*origin, 0, pattern(1, 0, 4 * 128)), 0);
+    pl->message("create_snap 1 0");
+    std::uint64_t writes = p.data->writes();
+    ASSERT_EQ(write(*origin, 200, pattern(2, 200, 8)), 0);
+    EXPECT_EQ(p.data->writes(), writes + 1) << "copy and write merged into one write";
+    auto expect = pattern(1, 0, 4 * 128);
+    std::memcpy(expect.data() + 200 * SECTOR, pattern(2, 200, 8).data(), 8 * SECTOR);
+    EXPECT_EQ(read(*origin, 0, 4 * 128), expect);
+
+    std::uint64_t used = pl->status_info().used_data_blocks;
+    p.data->fail_read_at(1);
+    EXPECT_EQ(write(*origin, 300, pattern(3, 300, 8)), -EIO);
+    p.data->clear_faults();
+    EXPECT_EQ(read(*origin, 0, 4 * 128), expect) << "the failed write changed nothing";
+    EXPECT_EQ(pl->status_info().used_data_blocks, used) << "the new block went back to the free pool";
+    auto snap = pl->activate(1, 4 * 128);
+    EXPECT_EQ(read(*snap, 0, 4 * 128), pattern(1, 0, 4 * 128));
+}
+
 // ---- discards ---------------------------------------------------------------------------------------
 
 TEST(pool_discard, unmaps_whole_blocks_only_and_passes_down) {
