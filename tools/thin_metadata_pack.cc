@@ -1,6 +1,7 @@
 // thin_metadata_pack: packs the metadata blocks of a dm-thin metadata device into a small file
 // (tools.md §12, man/thin_metadata_pack.8).
 #include "thin/cli/common.h"
+#include "thin/cli/options.h"
 #include "thin/pack/pack.h"
 
 #include <boost/program_options.hpp>
@@ -38,27 +39,9 @@ int main(int argc, char** argv) {
         ("force,f", "")
         ("quiet,q", "");
     po::variables_map vm;
-    try {
-        po::store(po::command_line_parser(argc, argv).options(opts).run(), vm);
-        po::notify(vm);
-    } catch (const po::error& e) {
-        std::cerr << PROG << ": " << e.what() << "\n" << USAGE;
-        return thin::cli::EXIT_FAIL;
-    }
-    if (vm.count("help")) {
-        std::cout << USAGE;
-        return thin::cli::EXIT_OK;
-    }
-    if (vm.count("version")) {
-        std::cout << thin::cli::version() << "\n";
-        return thin::cli::EXIT_OK;
-    }
+    if (auto done = thin::cli::parse_options(PROG, USAGE, argc, argv, opts, vm)) return *done;
     const bool quiet = vm.count("quiet") != 0;
-    if (!vm.count("input") || !vm.count("output")) {
-        if (!quiet)
-            std::cerr << (vm.count("input") ? "No output file provided.\n" : "No input file provided.\n") << USAGE;
-        return thin::cli::EXIT_FAIL;
-    }
+    if (!thin::cli::require_input_and_output(USAGE, vm, quiet)) return thin::cli::EXIT_FAIL;
     return thin::cli::run(PROG, quiet, [&] {
         const std::string input = vm["input"].as<std::string>();
         const std::string output = vm["output"].as<std::string>();

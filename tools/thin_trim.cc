@@ -1,6 +1,7 @@
 // thin_trim: discards the free space of an inactive pool's data device (tools.md §10,
 // man/thin_trim.8).
 #include "thin/cli/common.h"
+#include "thin/cli/options.h"
 #include "thin/trim/trim.h"
 
 #include <boost/program_options.hpp>
@@ -38,21 +39,7 @@ int main(int argc, char** argv) {
         ("data-dev", po::value<std::string>(), "")
         ("pool-inactive", "");
     po::variables_map vm;
-    try {
-        po::store(po::command_line_parser(argc, argv).options(opts).run(), vm);
-        po::notify(vm);
-    } catch (const po::error& e) {
-        std::cerr << PROG << ": " << e.what() << "\n" << USAGE;
-        return thin::cli::EXIT_FAIL;
-    }
-    if (vm.count("help")) {
-        std::cout << USAGE;
-        return thin::cli::EXIT_OK;
-    }
-    if (vm.count("version")) {
-        std::cout << thin::cli::version() << "\n";
-        return thin::cli::EXIT_OK;
-    }
+    if (auto done = thin::cli::parse_options(PROG, USAGE, argc, argv, opts, vm)) return *done;
     const bool quiet = vm.count("quiet") != 0;
     if (vm.count("pool-inactive") && !quiet)
         std::cerr << "--pool-inactive no longer required since we ensure the metadata device is opened "
