@@ -146,6 +146,18 @@ void fail_hung_test(const std::string& what) {
     std::_Exit(1);
 }
 
+void run_threads_or_fail(unsigned n, const std::function<void(unsigned)>& worker, std::chrono::milliseconds deadline,
+                         const std::string& what) {
+    bool finished = finishes_within(
+        [&] {
+            std::vector<std::thread> ts;
+            for (unsigned i = 0; i < n; ++i) ts.emplace_back(worker, i);
+            for (auto& th : ts) th.join();
+        },
+        deadline);
+    if (!finished) fail_hung_test(what);
+}
+
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds deadline) {
     auto end = std::chrono::steady_clock::now() + deadline;
     for (;;) {

@@ -63,6 +63,11 @@ bool finishes_within(std::function<void()> fn, std::chrono::milliseconds deadlin
 // or running on with corrupt state.
 [[noreturn]] void fail_hung_test(const std::string& what);
 
+// Runs worker(0), ..., worker(n - 1) on n threads and waits for all of them; when they have not
+// finished within the deadline the test fails at once with `what` (fail_hung_test).
+void run_threads_or_fail(unsigned n, const std::function<void(unsigned)>& worker, std::chrono::milliseconds deadline,
+                         const std::string& what);
+
 // Polls pred every millisecond until it holds or the deadline passes (waiting for an event that
 // has an observable effect, e.g. a status field).
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds deadline = 10s);

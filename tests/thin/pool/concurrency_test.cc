@@ -167,14 +167,8 @@ TEST(PoolConcurrency, DiscardsAndWritesHammerTheSameBlocks) {
             for (auto& f : q) reap(f);
         };
 
-        bool finished = finishes_within(
-            [&] {
-                std::vector<std::thread> ts;
-                for (unsigned i = 0; i < threads; ++i) ts.emplace_back(worker, i);
-                for (auto& th : ts) th.join();
-            },
-            RUN_DEADLINE);
-        if (!finished) fail_hung_test("requests did not complete within the deadline (deadlock or lost completion)");
+        run_threads_or_fail(threads, worker, RUN_DEADLINE,
+                            "requests did not complete within the deadline (deadlock or lost completion)");
         EXPECT_EQ(0u, fails.count()) << fails.text();
 
         // Quiescent: each block holds the result of an operation nothing provably followed.
@@ -531,14 +525,7 @@ TEST(PoolConcurrency, OneThreadPerThinAnySizeAndAlignment) {
         }
     };
 
-    bool finished = finishes_within(
-        [&] {
-            std::vector<std::thread> ts;
-            for (unsigned i = 0; i < NTHINS; ++i) ts.emplace_back(worker, i);
-            for (auto& th : ts) th.join();
-        },
-        RUN_DEADLINE);
-    if (!finished) fail_hung_test("requests did not complete within the deadline");
+    run_threads_or_fail(NTHINS, worker, RUN_DEADLINE, "requests did not complete within the deadline");
     EXPECT_EQ(0u, fails.count()) << fails.text();
 
     // Final state, and the mapped counts agree with the model's non-zero blocks (a block the
@@ -639,14 +626,7 @@ TEST(PoolConcurrency, ManyThreadsManyThins) {
             }
         }
     };
-    bool finished = finishes_within(
-        [&] {
-            std::vector<std::thread> ts;
-            for (unsigned i = 0; i < NTHREADS; ++i) ts.emplace_back(worker, i);
-            for (auto& th : ts) th.join();
-        },
-        RUN_DEADLINE);
-    if (!finished) fail_hung_test("requests did not complete within the deadline");
+    run_threads_or_fail(NTHREADS, worker, RUN_DEADLINE, "requests did not complete within the deadline");
     EXPECT_EQ(0u, fails.count()) << fails.text();
     std::uint64_t total_mapped = 0;
     for (unsigned i = 0; i < NTHINS; ++i) {
