@@ -52,8 +52,8 @@ enum class pool_mode { write, out_of_data_space, out_of_metadata_space, read_onl
 const char* to_string(pool_mode m);
 
 enum class pool_event_kind {
-    data_low_water,      // free data blocks <= low water mark (once until re-armed by resume)
-    metadata_low_water,  // free metadata blocks <= min(1024, nr/4) (once)
+    data_low_water,      // free data blocks <= low water mark (once; re-armed by resize_data, the kernel's resume)
+    metadata_low_water,  // free metadata blocks <= min(1024, nr/4) (once; re-armed by resize_metadata)
     mode_changed,        // `mode` is the new mode
 };
 struct pool_event {
