@@ -263,3 +263,121 @@ TEST_F(thin_restore_cli, kernel_fixtures_round_trip_both_ways) {
         EXPECT_TRUE(dump({meta2}).out == first.out) << name;
     }
 }
+
+namespace {
+
+// Mappings that end exactly at origin block 2^64-1 (and data blocks up to nr_data_blocks - 1).
+const std::string LAST_ORIGIN_XML =
+    "<superblock uuid=\"\" time=\"1\" transaction=\"3\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"1000\">\n"
+    "  <device dev_id=\"0\" mapped_blocks=\"4\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n"
+    "    <range_mapping origin_begin=\"18446744073709551612\" data_begin=\"0\" length=\"3\" time=\"0\"/>\n"
+    "    <single_mapping origin_block=\"18446744073709551615\" data_block=\"20\" time=\"0\"/>\n"
+    "  </device>\n"
+    "  <device dev_id=\"1\" mapped_blocks=\"3\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n"
+    "    <range_mapping origin_begin=\"18446744073709551613\" data_begin=\"997\" length=\"3\" time=\"0\"/>\n"
+    "  </device>\n"
+    "</superblock>\n";
+
+// Runs our thin_restore with its address space capped at 1 GiB, so that sizing the data space
+// map by an absurd nr_data_blocks fails here quickly instead of exhausting the machine's memory.
+// Sanitizer runtimes reserve terabytes of address space up front: no cap under them.
+thinpool_test::command_result restore_capped(std::vector<std::string> args) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return restore(std::move(args));
+#else
+    args.insert(args.begin(), {"/bin/sh", "-c", "ulimit -v 1048576 && exec \"$0\" \"$@\"",
+                               std::string(THINPOOL_BINARY_DIR) + "/thin_restore"});
+    return thinpool_test::run_command(args);
+#endif
+}
+
+} // namespace
+
+TEST_F(thin_restore_cli, mappings_ending_at_the_last_origin_block_round_trip) {
+    thinpool_test::write_file(xml, LAST_ORIGIN_XML);
+    auto r = restore({"-i", xml, "-o", meta});
+    ASSERT_EQ(r.exit_code, 0) << describe(r);
+    EXPECT_EQ(dump({meta}).out, LAST_ORIGIN_XML);
+}
+
+TEST_F(thin_restore_cli, mappings_ending_at_the_last_origin_block_pass_their_check_and_dump) {
+    REQUIRE_REFERENCE_TOOLS();
+    thinpool_test::write_file(xml, LAST_ORIGIN_XML);
+    ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+    auto c = theirs("thin_check", {meta});
+    EXPECT_EQ(c.exit_code, 0) << describe(c);
+    EXPECT_EQ(theirs("thin_dump", {meta}).out, LAST_ORIGIN_XML);
+}
+
+TEST_F(thin_restore_cli, one_past_the_last_origin_or_data_block_is_refused) {
+    struct bad {
+        std::string from, to, want;
+    };
+    const std::vector<bad> cases = {
+        // thin_restore 0.9.0 silently wraps this run to origin block 0.
+        {"origin_begin=\"18446744073709551613\"", "origin_begin=\"18446744073709551614\"",
+         "line 7, column 5: range of 3 origin blocks from 18446744073709551614 goes past the last origin block, "
+         "18446744073709551615"},
+        {"data_begin=\"997\"", "data_begin=\"998\"", "line 7, column 5: mapping beyond end of data device (1000 >= 1000)"},
+        {"data_block=\"20\"", "data_block=\"1000\"", "line 4, column 5: mapping beyond end of data device (1000 >= 1000)"},
+        {"</device>\n  <device dev_id=\"1\"",
+         "<single_mapping origin_block=\"0\" data_block=\"30\" time=\"0\"/></device>\n  <device dev_id=\"1\"",
+         "line 5, column 3: mapping of origin block 0 is out of order or overlaps the previous one (origin blocks up to "
+         "18446744073709551615 are already mapped)"},
+    };
+    for (const auto& c : cases) {
+        thinpool_test::write_file(xml, LAST_ORIGIN_XML);
+        ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+        std::string text = LAST_ORIGIN_XML;
+        text.replace(text.find(c.from), c.from.size(), c.to);
+        thinpool_test::write_file(dir.file("bad.xml"), text);
+        auto r = restore({"-i", dir.file("bad.xml"), "-o", meta});
+        EXPECT_EQ(r.exit_code, 1) << c.want;
+        EXPECT_NE(r.err.find("thin_restore: " + dir.file("bad.xml") + ": " + c.want), std::string::npos) << r.err;
+        EXPECT_TRUE(superblock_is_zero(meta)) << c.want;
+    }
+}
+
+TEST_F(thin_restore_cli, nr_data_blocks_the_output_cannot_describe_fails_fast) {
+    // 2^40-1 data blocks would take 256 GiB of counts in memory and 68 million bitmap blocks; the
+    // 4 MiB output holds 1024 blocks.
+    const std::string room = " needs 68589606 metadata blocks for the data space map; the output " + meta +
+                             " (1024 metadata blocks) has room for 1018\n";
+    struct bad {
+        std::string nr;
+        std::vector<std::string> extra;
+        std::string want;
+    };
+    const std::vector<bad> cases = {
+        {"1099511627775", {}, "nr_data_blocks 1099511627775" + room},
+        {"1099511627776", {}, "nr_data_blocks 1099511627776" + room},
+        {"1000", {"--nr-data-blocks", "1099511627775"}, "--nr-data-blocks 1099511627775" + room},
+        {"1099511627777", {}, "nr_data_blocks 1099511627777 is too large (data block numbers have 40 bits)\n"},
+        {"18446744073709551615", {}, "nr_data_blocks 18446744073709551615 is too large (data block numbers have 40 bits)\n"},
+        {"18446744073709551616", {},
+         "<superblock> nr_data_blocks=\"18446744073709551616\" is too large (at most 18446744073709551615)\n"},
+    };
+    for (const auto& c : cases) {
+        ASSERT_EQ(restore({"-i", xml, "-o", meta}).exit_code, 0);
+        std::string text = SPEC_XML;
+        text.replace(text.find("nr_data_blocks=\"1000\""), 21, "nr_data_blocks=\"" + c.nr + "\"");
+        thinpool_test::write_file(dir.file("bad.xml"), text);
+        std::vector<std::string> args = {"-i", dir.file("bad.xml"), "-o", meta};
+        args.insert(args.end(), c.extra.begin(), c.extra.end());
+        auto r = restore_capped(args);
+        EXPECT_EQ(r.exit_code, 1) << c.want;
+        EXPECT_EQ(r.err, "thin_restore: " + dir.file("bad.xml") + ": line 1, column 1: " + c.want);
+        EXPECT_TRUE(superblock_is_zero(meta)) << c.want;
+    }
+}
+
+TEST_F(thin_restore_cli, no_data_blocks_with_mappings_is_refused) {
+    std::string text = SPEC_XML;
+    text.replace(text.find("nr_data_blocks=\"1000\""), 21, "nr_data_blocks=\"0\"");
+    thinpool_test::write_file(xml, text);
+    auto r = restore({"-i", xml, "-o", meta});
+    EXPECT_EQ(r.exit_code, 1);
+    // The words thin_restore 0.9.0 uses, with the position.
+    EXPECT_EQ(r.err, "thin_restore: " + xml + ": line 3, column 5: mapping beyond end of data device (0 >= 0)\n");
+    EXPECT_TRUE(superblock_is_zero(meta));
+}

@@ -1,10 +1,34 @@
 #include "thin/restore/restore_emitter.h"
 
+#include "thin/repair/data_size.h"
+
 #include <stdexcept>
 
 namespace thin::restore {
 
 using namespace pdata;
+
+namespace {
+
+// The data space map keeps every count in memory (2 bits a block: 256 GiB for 2^40 blocks), so a
+// data device the output cannot describe must be refused before the metadata is formatted, not
+// when the bitmaps fail to fit. what names where the number came from.
+void check_data_size(io_engine& output, const std::string& what, std::uint64_t nr_data_blocks) {
+    const std::string nr = what + " " + std::to_string(nr_data_blocks);
+    if (nr_data_blocks > MAX_DATA_BLOCK + 1)
+        throw std::runtime_error(nr + " is too large (data block numbers have 40 bits)");
+    const std::uint64_t out_blocks = output.nr_blocks();
+    if (repair::output_describes(nr_data_blocks, out_blocks)) return;
+    const std::uint64_t usable = std::min<std::uint64_t>(out_blocks, thin::MAX_METADATA_BLOCKS);
+    const std::uint64_t fixed = repair::fixed_output_blocks(out_blocks);
+    throw std::runtime_error(
+        nr + " needs " + std::to_string(repair::data_space_map_blocks(nr_data_blocks)) +
+        " metadata blocks for the data space map; the output " + output.name() + " (" + std::to_string(out_blocks) +
+        " metadata blocks" + (usable < out_blocks ? ", " + std::to_string(usable) + " of them usable" : "") +
+        ") has room for " + std::to_string(usable > fixed ? usable - fixed : 0));
+}
+
+} // namespace
 
 restore_emitter::restore_emitter(std::shared_ptr<io_engine> output, restore_options opts)
     : output_(std::move(output)), opts_(opts) {}
@@ -22,9 +46,7 @@ void restore_emitter::begin_superblock(const superblock_info& sb) {
     std::uint32_t dbs = opts_.data_block_size.value_or(sb.data_block_size);
     validate_data_block_size(dbs);
     nr_data_blocks_ = opts_.nr_data_blocks.value_or(sb.nr_data_blocks);
-    if (nr_data_blocks_ > MAX_DATA_BLOCK + 1)
-        throw std::runtime_error("nr_data_blocks " + std::to_string(nr_data_blocks_) +
-                                 " is too large (data block numbers have 40 bits)");
+    check_data_size(*output_, opts_.nr_data_blocks ? "--nr-data-blocks" : "nr_data_blocks", nr_data_blocks_);
     if (sb.flags & ~FLAG_NEEDS_CHECK)
         throw std::runtime_error("unsupported superblock flags " + std::to_string(sb.flags) +
                                  " (only 1, needs_check, is defined)");
@@ -52,19 +74,20 @@ void restore_emitter::begin_device(const device_info& dev) {
     cur_.details.creation_time = dev.creation_time;
     cur_.details.snapshotted_time = dev.snap_time;
     builder_ = std::make_unique<btree::builder>(md_->transaction_manager(), 8);
-    next_vblock_ = 0;
+    last_vblock_.reset();
 }
 
 void restore_emitter::range_map(std::uint64_t vbegin, std::uint64_t dbegin, std::uint64_t len, std::uint32_t time) {
     if (!in_device_) throw std::runtime_error("mapping outside a <device>");
     if (len == 0) return;
-    if (vbegin < next_vblock_)
+    if (last_vblock_ && vbegin <= *last_vblock_)
         throw std::runtime_error("mapping of origin block " + std::to_string(vbegin) +
-                                 " is out of order or overlaps the previous one (origin blocks below " +
-                                 std::to_string(next_vblock_) + " are already mapped)");
-    if (len > UINT64_MAX - vbegin)
-        throw std::runtime_error("origin blocks " + std::to_string(vbegin) + " + " + std::to_string(len) +
-                                 " overflow 64 bits");
+                                 " is out of order or overlaps the previous one (origin blocks up to " +
+                                 std::to_string(*last_vblock_) + " are already mapped)");
+    // The run's last block, vbegin + len - 1, may be 2^64-1 itself.
+    if (len - 1 > UINT64_MAX - vbegin)
+        throw std::runtime_error("range of " + std::to_string(len) + " origin blocks from " + std::to_string(vbegin) +
+                                 " goes past the last origin block, " + std::to_string(UINT64_MAX));
     if (dbegin >= nr_data_blocks_ || len > nr_data_blocks_ - dbegin)
         throw std::runtime_error("mapping beyond end of data device (" +
                                  std::to_string(std::max(dbegin, nr_data_blocks_)) +
@@ -79,7 +102,7 @@ void restore_emitter::range_map(std::uint64_t vbegin, std::uint64_t dbegin, std:
     }
     data_sm_->inc_range(dbegin, dbegin + len);
     cur_.details.mapped_blocks += len;
-    next_vblock_ = vbegin + len;
+    last_vblock_ = vbegin + (len - 1);
 }
 
 void restore_emitter::end_device() {

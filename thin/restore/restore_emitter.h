@@ -2,13 +2,15 @@
 // The sink of thin_restore (and of repair): emitter IR events → freshly formatted binary metadata.
 //
 //  - begin_superblock validates the data block size like the kernel (128..2097152 sectors, a
-//    multiple of 128), formats the whole output (up to 4,161,600 blocks), then zeroes block 0 on
-//    disk so the output never looks valid until the final commit;
+//    multiple of 128) and nr_data_blocks (at most 2^40, and no more than the output's room for
+//    the data space map allows: thin_repair's rule, repair/data_size.h), formats the whole output
+//    (up to 4,161,600 blocks), then zeroes block 0 on disk so the output never looks valid until
+//    the final commit;
 //  - each device's level-2 tree is built bottom-up with full leaves (pdata::btree::builder) while
 //    its mappings stream in, and the data space map counts are incremented per mapping;
 //  - mapped_blocks is recomputed from the mappings (the XML value is ignored, as thin_restore
 //    0.9.0 does); duplicate device ids, mappings beyond nr_data_blocks, overlapping or unordered
-//    mappings, and times beyond 24 bits are errors;
+//    mappings, origin runs past block 2^64-1, and times beyond 24 bits are errors;
 //  - end_superblock builds the level-1 and details trees, writes version 2, metadata_snap 0, the
 //    XML's time, transaction and flags, and commits.
 #include "thin/ir/emitter.h"
@@ -60,7 +62,9 @@ private:
     bool in_device_ = false;
     metadata::installed_device cur_{};
     std::unique_ptr<pdata::btree::builder> builder_;
-    std::uint64_t next_vblock_ = 0;  // mappings must start at or above this
+    // The device's last mapped origin block, when it has any: the next mapping must start above
+    // it. (Not "the next free block": after a mapping of block 2^64-1 there is none.)
+    std::optional<std::uint64_t> last_vblock_;
     bool committed_ = false;
 };
 
