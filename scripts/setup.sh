@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the build dependencies (Debian 12), builds thinpool (release preset) and runs the demo
-# on a file-backed pool in ./pool under the checkout. Run as root or as a user with sudo; sudo is
-# used for apt-get only, and only when not root. Safe to run again: the demo continues the pool.
+# Installs the build dependencies (Debian 12), builds thinpool (release preset) and runs the pool
+# daemon in the foreground on the embedded default: a file-backed pool in ./pool under the
+# checkout (created on the first run), serving its volumes over NBD on pool/nbd.sock and taking
+# commands on pool/control.sock. Ctrl-C stops it cleanly. Run as root or as a user with sudo; sudo
+# is used for apt-get only, and only when not root. Safe to run again: the pool persists.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,5 +54,5 @@ install_packages() {
 install_packages "${PACKAGES[@]}"
 quietly "configure (cmake --preset release)" cmake --preset release
 quietly "build (cmake --build --preset release)" cmake --build --preset release
-echo "==> demo: build/release/thinpool demo --dir $ROOT/pool"
-build/release/thinpool demo --dir "$ROOT/pool"
+echo "==> pool daemon: build/release/thinpool run --dir $ROOT/pool (Ctrl-C stops it)"
+exec build/release/thinpool run --dir "$ROOT/pool"

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies (Debian 12, including Debian's thin-provisioning-tools
 # as the reference), builds the release preset, runs the unit tests (ctest) and the feature tests
-# (pytest in features/), then builds the tools, the damage corpus test and the pool runtime's
-# concurrency/crash/scenario suites with the asan preset and runs them under ASan+UBSan.
+# (pytest in features/: the daemon driven by real NBD clients), then builds the tools, the damage
+# corpus test, the pool runtime's concurrency/crash/scenario suites and the NBD server's and the
+# daemon's tests with the asan preset and runs them under ASan+UBSan.
 # Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export DEBIAN_FRONTEND=noninteractive
-# Compatibility tests against the Debian tools fail, instead of skipping, when the tools are missing.
+# Compatibility tests against the Debian tools, and the tests that drive the daemon with real NBD
+# clients, fail instead of skipping when the tools or clients are missing.
 export THINPOOL_REQUIRE_REFERENCE=1
+export THINPOOL_REQUIRE_CLIENTS=1
 
 PACKAGES=(build-essential cmake ninja-build libboost-program-options-dev libexpat1-dev libaio-dev
-          libgtest-dev libgmock-dev libbenchmark-dev thin-provisioning-tools python3-pytest)
+          libgtest-dev libgmock-dev libbenchmark-dev thin-provisioning-tools python3-pytest
+          qemu-utils libnbd-bin python3-libnbd nbdkit fuse3 fio e2fsprogs)
 
 LOG="$(mktemp)"
 CTEST_LOG="$(mktemp)"
@@ -93,12 +97,9 @@ fi
 
 # ---- feature tests ----
 if compgen -G "features/test_*.py" >/dev/null; then
-    # The python3 first on PATH may be another installation (pyenv, a venv) without pytest; then
-    # use Debian's, where python3-pytest went.
-    PYTHON=python3
-    if ! python3 -c 'import pytest' >/dev/null 2>&1 && [ -x /usr/bin/python3 ]; then
-        PYTHON=/usr/bin/python3
-    fi
+    # Debian's python, where python3-pytest and python3-libnbd went (the python3 first on PATH
+    # may be another installation, pyenv or a venv, without them).
+    PYTHON=/usr/bin/python3
     echo "==> feature tests ($PYTHON -m pytest -q features)"
     set +e
     "$PYTHON" -m pytest -q -p no:cacheprovider features 2>&1 | tee "$PYTEST_LOG"
@@ -119,12 +120,17 @@ if compgen -G "features/test_*.py" >/dev/null; then
     fi
 fi
 
-# ---- under AddressSanitizer + UndefinedBehaviorSanitizer: the damage corpus and the pool runtime ----
+# ---- under AddressSanitizer + UndefinedBehaviorSanitizer: the damage corpus, the pool runtime, ----
+# ---- the NBD server and the daemon ----
 # The corpus test (tests/tools/damage_corpus_test.cc) also ran above in release; here it runs from
 # build/asan, so every tool it starts over every damaged image runs under ASan+UBSan (a sanitizer
 # report, a crash or a hang fails a test). The pool runtime's concurrency, crash and scenario suites
-# run there too. Test targets depend on every tool, so building them builds just what they need.
-ASAN_TESTS=(tools_damage_corpus_test thin_pool_concurrency_test thin_pool_crash_test thin_pool_scenarios_test)
+# run there too, and so do the NBD server's protocol tests (hostile clients included) and the
+# daemon's (its CLI test starts the asan build of thinpool). Test targets depend on every tool, so
+# building them builds just what they need.
+ASAN_TESTS=(tools_damage_corpus_test thin_pool_concurrency_test thin_pool_crash_test thin_pool_scenarios_test
+            thin_nbd_handshake_test thin_nbd_transmission_test thin_nbd_server_test thin_daemon_daemon_test
+            thin_daemon_cli_test)
 quietly "configure (cmake --preset asan)" cmake --preset asan
 quietly "build the tools and ${ASAN_TESTS[*]} (cmake --build --preset asan)" \
     cmake --build --preset asan --target "${ASAN_TESTS[@]}"

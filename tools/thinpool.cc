@@ -1,386 +1,325 @@
-// thinpool: the pool command. Today it has one subcommand, `demo`, which exercises the thin
-// metadata API on a file-backed pool the way the pool runtime will: provision a thin device,
-// snapshot it, break sharing on writes, commit, and read everything back read-only.
-#include "thin/metadata/metadata.h"
-
-#include "persistent-data/io_engine.h"
-#include "persistent-data/types.h"
+// thinpool: the pool daemon (`thinpool run`) and its control client (every other command), one
+// binary. The daemon lives in thin/daemon; this file is option parsing and printing.
+#include "thin/daemon/config.h"
+#include "thin/daemon/protocol.h"
+#include "thin/daemon/run.h"
+#include "thin/daemon/text.h"
 
 #include <boost/program_options.hpp>
 
-#include <algorithm>
-#include <cerrno>
-#include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fcntl.h>
 #include <iostream>
 #include <map>
 #include <optional>
-#include <sstream>
-#include <stdexcept>
 #include <string>
-#include <unistd.h>
 #include <vector>
-
-#ifndef THINPOOL_VERSION
-#define THINPOOL_VERSION "unknown"
-#endif
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
+namespace td = thin::daemon;
 
 namespace {
 
-// ---- usage ----
-
 const char* const USAGE =
-    "Usage: thinpool [--help] [--version]\n"
-    "       thinpool [demo [--dir DIR]]\n";
+    "Usage: thinpool [--dir DIR | --socket PATH] COMMAND [ARGS]\n"
+    "       thinpool run [OPTIONS]\n"
+    "       thinpool --help | --version | COMMAND --help\n";
 
-const char* const HELP_TEXT =
-    "thinpool: dm-thin rebuilt in C++ as userspace.\n"
+const char* const HELP =
+    "thinpool: a dm-thin pool in userspace. `thinpool run` serves a pool's thin volumes over NBD;\n"
+    "the other commands talk to a running daemon through its control socket.\n"
     "\n"
-    "Usage: thinpool [--help] [--version]\n"
-    "       thinpool [demo [--dir DIR]]\n"
+    "Usage: thinpool [--dir DIR | --socket PATH] COMMAND [ARGS]\n"
     "\n"
     "Commands:\n"
-    "  demo          Exercise the thin metadata API on a file-backed pool in DIR (default\n"
-    "                ./pool): format the metadata (or open it if it exists), create a thin\n"
-    "                device and map blocks, snapshot it, write to the origin so shared blocks\n"
-    "                get new data blocks, commit, print the pool's summary, then reopen the\n"
-    "                metadata read-only and verify it. Running it again continues the same\n"
-    "                pool with another snapshot. This is also what `thinpool` with no\n"
-    "                arguments runs.\n"
+    "  run                          run the daemon in the foreground (thinpool run --help)\n"
+    "  create NAME --size SIZE [--origin PATH]\n"
+    "                               create a thin volume (with a read-only external origin)\n"
+    "  snapshot SRC NAME [SRC2 NAME2 ...]\n"
+    "                               snapshot volumes, all at one point in time\n"
+    "  delete NAME                  delete a volume (refused while it is in use)\n"
+    "  resize NAME --size SIZE [--force]\n"
+    "                               change a volume's length\n"
+    "  list [--json]                list the volumes\n"
+    "  status [--json]              pool and volume status\n"
+    "  message WORD...              pass a dm-thin pool message (create_thin, create_snap, delete,\n"
+    "                               set_transaction_id, reserve_metadata_snap, release_metadata_snap)\n"
+    "  events                       print pool events (low water marks, mode changes) as they happen\n"
+    "  stop                         shut the daemon down cleanly\n"
+    "  ping                         check that the daemon answers\n"
     "\n"
     "Options:\n"
-    "  -h, --help     Print this help and exit.\n"
-    "  -V, --version  Print the version and exit.\n"
+    "  --dir DIR       the pool's state directory (default ./pool); its control socket is\n"
+    "                  DIR/control.sock unless DIR/thinpool.conf names another\n"
+    "  --socket PATH   the daemon's control socket\n"
+    "  -h, --help      print help (also after a command) and exit\n"
+    "  -V, --version   print the version and exit\n"
     "\n"
-    "Demo options:\n"
-    "  --dir DIR      Pool directory (default ./pool). Holds `metadata` (16 MiB, sparse) and\n"
-    "                 `data` (1 GiB, sparse). The demo writes metadata only; the data file is\n"
-    "                 never written.\n"
+    "SIZE is in bytes, or a number with K, M, G or T (binary units), a multiple of 512. Volume\n"
+    "names are 1 to 64 of A-Z a-z 0-9 . _ -, not starting with '-' or '.'.\n"
     "\n"
-    "Not yet written: the pool daemon (`thinpool run`) that serves thin volumes from the pool.\n"
+    "Exit status: 0 success, 1 error (one line on stderr), 2 usage error. See thinpool(8).\n";
+
+const char* const RUN_HELP =
+    "Usage: thinpool run [OPTIONS]\n"
     "\n"
-    "Exit status: 0 success, 1 error (including a failed verification), 2 usage error.\n";
+    "Runs the pool daemon in the foreground, logging to stderr; SIGINT or SIGTERM (or `thinpool\n"
+    "stop`) shuts it down cleanly. With no options: a file-backed pool in ./pool, created on the\n"
+    "first run (sparse 64 MiB metadata, sparse 16 GiB data, 64 KiB blocks).\n"
+    "\n"
+    "Options:\n"
+    "  --dir DIR               state directory (default ./pool): catalogue, sockets, and the\n"
+    "                          metadata and data files unless given below\n"
+    "  --metadata PATH         metadata device or file (default DIR/metadata)\n"
+    "  --data PATH             data device or file (default DIR/data)\n"
+    "  --block-size SIZE       data block size for a new pool (64K to 1G, a multiple of 64K;\n"
+    "                          default 64K); an existing pool keeps its own\n"
+    "  --low-water-mark BLOCKS free data blocks at which a low water mark event is raised (0)\n"
+    "  --feature F             pool feature: skip_block_zeroing, ignore_discard,\n"
+    "                          no_discard_passdown, read_only, error_if_no_space (repeatable)\n"
+    "  --config FILE           read settings from FILE (after DIR/thinpool.conf)\n"
+    "  --socket PATH           control socket (default DIR/control.sock)\n"
+    "  --nbd-socket PATH       NBD Unix socket (default DIR/nbd.sock; \"\" for none)\n"
+    "  --nbd-tcp HOST:PORT     also serve NBD over TCP (unauthenticated: bind to a trusted address)\n"
+    "  --data-size SIZE        size of a data file created or grown by the daemon (16G)\n"
+    "  --metadata-size SIZE    size of a metadata file created or grown by the daemon (64M)\n"
+    "  --no-space-timeout SECS how long writes wait when the pool is out of data space (60; 0:\n"
+    "                          forever)\n"
+    "  --read-only             open the pool read-only (the read_only feature)\n"
+    "  --adopt                 rebuild the catalogue from the metadata when they disagree\n"
+    "  -h, --help              print this help and exit\n";
+
+struct command_help {
+    const char* usage;
+    const char* text;
+};
+
+const std::map<std::string, command_help> COMMAND_HELP = {
+    {"create", {"create NAME --size SIZE [--origin PATH]",
+                "Creates thin volume NAME of SIZE bytes. With --origin, unprovisioned blocks read from\n"
+                "PATH (a file or block device, opened read-only; the size defaults to its size).\n"}},
+    {"snapshot", {"snapshot SRC NAME [SRC2 NAME2 ...]",
+                  "Creates snapshot NAME of volume SRC; several pairs are taken at one point in time.\n"}},
+    {"delete", {"delete NAME", "Deletes volume NAME and frees its blocks; refused while it is in use.\n"}},
+    {"resize", {"resize NAME --size SIZE [--force]",
+                "Sets the length of volume NAME. Shrinking unmaps nothing; it is refused when blocks are\n"
+                "mapped past the new end, unless --force.\n"}},
+    {"list", {"list [--json]", "Lists the volumes: name, device id, size, creation time, origin.\n"}},
+    {"status", {"status [--json]",
+                "Pool mode, transaction id, data and metadata use, needs_check, held metadata root, low\n"
+                "water mark, and per volume its size, mapped and exclusive blocks, origin, connections.\n"}},
+    {"message", {"message WORD...",
+                 "Passes a pool message through (create_thin ID, create_snap ID ORIGIN_ID, delete ID,\n"
+                 "set_transaction_id OLD NEW, reserve_metadata_snap, release_metadata_snap); the\n"
+                 "catalogue follows (new devices become volumes thin-ID).\n"}},
+    {"events", {"events", "Prints one line per pool event until interrupted or the daemon stops.\n"}},
+    {"stop", {"stop", "Asks the daemon to shut down cleanly.\n"}},
+    {"ping", {"ping", "Prints the daemon's version if it answers.\n"}},
+};
 
 struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// ---- the demo pool ----
-
-constexpr std::uint32_t DATA_BLOCK_SECTORS = 128;  // 64 KiB, the smallest the kernel accepts
-constexpr std::uint64_t DATA_BLOCK_BYTES = DATA_BLOCK_SECTORS * 512ull;
-constexpr std::uint64_t NR_DATA_BLOCKS = 16384;    // 1 GiB of data
-constexpr std::uint64_t METADATA_BYTES = 16ull << 20;
-
-constexpr thin::dev_id ORIGIN = 0;
-constexpr std::uint64_t ORIGIN_BLOCKS = 1000;     // mapped when the origin is created
-constexpr std::uint64_t OVERWRITE_BLOCKS = 250;   // written per run to (shared) mapped blocks
-constexpr std::uint64_t APPEND_BLOCKS = 250;      // written per run past the highest mapped block
-
-struct device_summary {
-    thin::dev_id id = 0;
-    std::uint64_t mapped_blocks = 0;
-    std::uint32_t creation_time = 0;
-    std::uint32_t snapshotted_time = 0;
-    std::optional<std::uint64_t> highest_mapped;
-    bool operator==(const device_summary&) const = default;
+struct global_options {
+    std::optional<std::string> dir, socket;
 };
 
-struct pool_summary {
-    std::uint64_t transaction_id = 0;
-    std::uint32_t time = 0;
-    std::uint64_t data_used = 0, data_total = 0;
-    std::uint64_t metadata_used = 0, metadata_total = 0;
-    std::vector<device_summary> devices;
-    bool operator==(const pool_summary&) const = default;
-};
+// ---- the client ----
 
-pool_summary summarize(const thin::metadata& md) {
-    pool_summary s;
-    s.transaction_id = md.transaction_id();
-    s.time = md.time();
-    s.data_total = md.nr_data_blocks();
-    s.data_used = s.data_total - md.nr_free_data_blocks();
-    s.metadata_total = md.nr_metadata_blocks();
-    s.metadata_used = s.metadata_total - md.nr_free_metadata_blocks();
-    for (thin::dev_id id : md.devices()) {
-        auto d = md.details(id);
-        s.devices.push_back({id, d.mapped_blocks, d.creation_time, d.snapshotted_time, md.highest_mapped(id)});
+std::string socket_of(const global_options& g) {
+    if (g.socket) return *g.socket;
+    std::string dir = g.dir.value_or("./pool");
+    std::string conf = dir + "/thinpool.conf";
+    if (fs::exists(conf)) {
+        td::settings s = td::read_config_file(conf);
+        if (s.socket) return *s.socket;
     }
-    return s;
+    return dir + "/control.sock";
 }
 
-std::string highest_string(const std::optional<std::uint64_t>& h) {
-    return h ? std::to_string(*h) : std::string("none");
-}
-
-void print_summary(std::ostream& out, const pool_summary& s) {
-    out << "pool summary:\n"
-        << "  transaction id:  " << s.transaction_id << "\n"
-        << "  time:            " << s.time << "\n"
-        << "  data blocks:     " << s.data_used << " used / " << s.data_total << " total ("
-        << DATA_BLOCK_BYTES / 1024 << " KiB each)\n"
-        << "  metadata blocks: " << s.metadata_used << " used / " << s.metadata_total << " total (4 KiB each)\n"
-        << "  devices:         " << s.devices.size() << "\n";
-    for (const auto& d : s.devices)
-        out << "  device " << d.id << ": mapped_blocks=" << d.mapped_blocks
-            << " creation_time=" << d.creation_time << " snapshotted_time=" << d.snapshotted_time
-            << " highest_mapped=" << highest_string(d.highest_mapped) << "\n";
-}
-
-// Lists how two summaries differ, one line per field.
-std::vector<std::string> differences(const pool_summary& wrote, const pool_summary& read) {
-    std::vector<std::string> out;
-    auto cmp = [&](const std::string& what, auto a, auto b) {
-        if (a != b) {
-            std::ostringstream m;
-            m << what << ": wrote " << a << ", read back " << b;
-            out.push_back(m.str());
-        }
-    };
-    cmp("transaction id", wrote.transaction_id, read.transaction_id);
-    cmp("time", wrote.time, read.time);
-    cmp("data blocks used", wrote.data_used, read.data_used);
-    cmp("data blocks total", wrote.data_total, read.data_total);
-    cmp("metadata blocks used", wrote.metadata_used, read.metadata_used);
-    cmp("metadata blocks total", wrote.metadata_total, read.metadata_total);
-    cmp("number of devices", wrote.devices.size(), read.devices.size());
-    for (std::size_t i = 0; i < std::min(wrote.devices.size(), read.devices.size()); ++i) {
-        const auto& a = wrote.devices[i];
-        const auto& b = read.devices[i];
-        std::string dev = "device #" + std::to_string(i);
-        cmp(dev + " id", a.id, b.id);
-        dev = "device " + std::to_string(a.id);
-        cmp(dev + " mapped_blocks", a.mapped_blocks, b.mapped_blocks);
-        cmp(dev + " creation_time", a.creation_time, b.creation_time);
-        cmp(dev + " snapshotted_time", a.snapshotted_time, b.snapshotted_time);
-        cmp(dev + " highest_mapped", highest_string(a.highest_mapped), highest_string(b.highest_mapped));
-    }
-    return out;
-}
-
-void create_sparse_file(const fs::path& path, std::uint64_t bytes) {
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0)
-        throw std::runtime_error(path.string() + ": cannot create: " + std::strerror(errno));
-    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-        int err = errno;
-        ::close(fd);
-        throw std::runtime_error(path.string() + ": cannot size to " + std::to_string(bytes) +
-                                 " bytes: " + std::strerror(err));
-    }
-    ::close(fd);
-}
-
-enum class write_kind { in_place, new_mapping, broke_sharing };
-
-// What the pool does for a write covering a whole block: a mapped block the device owns alone is
-// written where it is; an unmapped block, or one shared with a snapshot, gets a new data block.
-write_kind write_block(thin::metadata& md, thin::dev_id dev, std::uint64_t vblock,
-                       std::map<std::uint64_t, std::uint64_t>& wrote) {
-    auto r = md.lookup(dev, vblock);
-    if (r && !r->shared) {
-        wrote[vblock] = r->data_block;
-        return write_kind::in_place;
-    }
-    auto b = md.alloc_data_block();
-    if (!b)
-        throw std::runtime_error("the demo pool's data space is full (" + std::to_string(md.nr_data_blocks()) +
-                                 " blocks); remove the pool directory to start again");
-    md.insert(dev, vblock, *b);
-    wrote[vblock] = *b;
-    return r ? write_kind::broke_sharing : write_kind::new_mapping;
-}
-
-struct write_counts {
-    std::uint64_t in_place = 0, new_mapping = 0, broke_sharing = 0;
-    void add(write_kind k) {
-        switch (k) {
-        case write_kind::in_place: ++in_place; break;
-        case write_kind::new_mapping: ++new_mapping; break;
-        case write_kind::broke_sharing: ++broke_sharing; break;
-        }
-    }
-};
-
-std::string describe(const write_counts& c) {
-    std::ostringstream o;
-    o << c.new_mapping << " newly mapped, " << c.broke_sharing << " shared (given new data blocks), "
-      << c.in_place << " written in place";
-    return o.str();
-}
-
-// Commits the way LVM drives the pool: bump the transaction id, then commit.
-void commit(thin::metadata& md) {
-    md.set_transaction_id(md.transaction_id(), md.transaction_id() + 1);
-    md.commit();
-}
-
-int run_demo(const fs::path& dir) {
-    fs::create_directories(dir);
-    const fs::path md_path = dir / "metadata";
-    const fs::path data_path = dir / "data";
-
-    const bool fresh = !fs::exists(md_path);
-    if (fresh)
-        create_sparse_file(md_path, METADATA_BYTES);
-    if (!fs::exists(data_path))
-        create_sparse_file(data_path, NR_DATA_BLOCKS * DATA_BLOCK_BYTES);
-
-    std::cout << "pool directory: " << dir.string() << "\n"
-              << "  metadata: " << md_path.string() << "\n"
-              << "  data:     " << data_path.string() << " (sparse; the demo writes metadata only)\n";
-
-    std::shared_ptr<pdata::io_engine> engine =
-        pdata::open_sync_engine(md_path.string(), {pdata::open_mode::read_write, true});
-    std::unique_ptr<thin::metadata> md;
-    if (fresh) {
-        md = thin::metadata::format(engine, DATA_BLOCK_SECTORS, NR_DATA_BLOCKS);
-        std::cout << "formatted metadata: data block size " << DATA_BLOCK_SECTORS << " sectors, "
-                  << NR_DATA_BLOCKS << " data blocks\n";
-    } else {
-        thin::open_options opts;
-        opts.data_block_size = DATA_BLOCK_SECTORS;
-        // A previous run may have died between creating the file and formatting it.
-        opts.format_if_unformatted = true;
-        opts.nr_data_blocks = NR_DATA_BLOCKS;
-        md = thin::metadata::open(engine, opts);
-        std::cout << "opened existing metadata at transaction " << md->transaction_id() << "\n";
-    }
-
-    // What this run wrote to the origin, to check against the read-only reopen.
-    std::map<std::uint64_t, std::uint64_t> wrote;
-
-    if (!md->device_exists(ORIGIN)) {
-        md->create_thin(ORIGIN);
-        write_counts c;
-        for (std::uint64_t v = 0; v < ORIGIN_BLOCKS; ++v)
-            c.add(write_block(*md, ORIGIN, v, wrote));
-        commit(*md);
-        std::cout << "created thin device " << ORIGIN << " and wrote " << ORIGIN_BLOCKS << " blocks: "
-                  << describe(c) << "; committed transaction " << md->transaction_id() << "\n";
-    }
-
-    auto devs = md->devices();
-    const thin::dev_id snap = *std::max_element(devs.begin(), devs.end()) + 1;
-    if (snap > thin::MAX_DEV_ID)
-        throw std::runtime_error("no device id left for another snapshot; remove the pool directory to start again");
-    md->create_snap(snap, ORIGIN);
-    std::cout << "created snapshot " << snap << " of device " << ORIGIN << " (time is now " << md->time() << ")\n";
-
-    // Overwrite a window of the origin that moves on each run, then extend it.
-    const std::uint64_t origin_mapped = md->highest_mapped(ORIGIN).value_or(0) + 1;
-    const std::uint64_t window = ((snap - 1) * OVERWRITE_BLOCKS) % std::max<std::uint64_t>(origin_mapped, 1);
-    write_counts over;
-    for (std::uint64_t i = 0; i < OVERWRITE_BLOCKS; ++i)
-        over.add(write_block(*md, ORIGIN, (window + i) % origin_mapped, wrote));
-    write_counts append;
-    for (std::uint64_t i = 0; i < APPEND_BLOCKS; ++i)
-        append.add(write_block(*md, ORIGIN, origin_mapped + i, wrote));
-    commit(*md);
-    std::cout << "wrote " << OVERWRITE_BLOCKS << " blocks of device " << ORIGIN << " from block " << window
-              << ": " << describe(over) << "\n"
-              << "wrote " << APPEND_BLOCKS << " blocks of device " << ORIGIN << " from block " << origin_mapped
-              << ": " << describe(append) << "\n"
-              << "committed transaction " << md->transaction_id() << "\n";
-
-    const pool_summary written = summarize(*md);
-    print_summary(std::cout, written);
-    md.reset();
-    engine.reset();
-
-    // Read it all back through a fresh, read-only open.
-    std::shared_ptr<pdata::io_engine> ro_engine =
-        pdata::open_sync_engine(md_path.string(), {pdata::open_mode::read_only, true});
-    thin::open_options ro_opts;
-    ro_opts.read_only = true;
-    ro_opts.data_block_size = DATA_BLOCK_SECTORS;
-    auto ro = thin::metadata::open(ro_engine, ro_opts);
-
-    std::vector<std::string> problems = differences(written, summarize(*ro));
-    for (const auto& [vblock, data_block] : wrote) {
-        auto r = ro->lookup(ORIGIN, vblock);
-        if (!r)
-            problems.push_back("device 0 block " + std::to_string(vblock) + ": not mapped, wrote data block " +
-                               std::to_string(data_block));
-        else if (r->data_block != data_block)
-            problems.push_back("device 0 block " + std::to_string(vblock) + ": maps data block " +
-                               std::to_string(r->data_block) + ", wrote " + std::to_string(data_block));
-    }
-    std::uint64_t total_mappings = 0;
-    for (thin::dev_id id : ro->devices()) {
-        std::uint64_t n = 0;
-        std::optional<std::uint64_t> last;
-        ro->for_each_mapping(id, [&](std::uint64_t vblock, thin::block_time) {
-            ++n;
-            last = vblock;
-            return true;
-        });
-        total_mappings += n;
-        if (n != ro->mapped_blocks(id))
-            problems.push_back("device " + std::to_string(id) + ": " + std::to_string(n) +
-                               " mappings in its tree, details say " + std::to_string(ro->mapped_blocks(id)));
-        if (last != ro->highest_mapped(id))
-            problems.push_back("device " + std::to_string(id) + ": last mapping " + highest_string(last) +
-                               ", highest_mapped says " + highest_string(ro->highest_mapped(id)));
-    }
-
-    if (!problems.empty()) {
-        std::cerr << "thinpool: verification failed: the metadata read back differs from what was written:\n";
-        for (const auto& p : problems)
-            std::cerr << "  " << p << "\n";
+int send_request(const global_options& g, const std::vector<std::string>& words) {
+    td::response r = td::request(socket_of(g), words);
+    if (!r.ok) {
+        std::cerr << "thinpool: " << r.message << "\n";
         return 1;
     }
-    std::cout << "verified: read-only reopen matches the summary, " << wrote.size()
-              << " blocks written this run and " << total_mappings << " mappings walked\n";
+    std::cout << r.body << std::flush;
     return 0;
 }
 
-// ---- command line ----
-
-// top_level: `thinpool [OPTIONS]` with no command, which also takes --version.
-int demo_command(const std::vector<std::string>& args, bool top_level) {
-    po::options_description opts("Options");
-    opts.add_options()
-        ("help,h", "print help")
-        ("dir", po::value<std::string>()->default_value("./pool"), "pool directory");
-    if (top_level)
-        opts.add_options()("version,V", "print version");
-    po::variables_map vm;
-    po::store(po::command_line_parser(args).options(opts).run(), vm);
-    po::notify(vm);
-    if (vm.count("help")) {
-        std::cout << HELP_TEXT;
-        return 0;
+int stream_events(const global_options& g) {
+    td::connection c(socket_of(g));
+    c.send({"events"});
+    td::response r = c.read_status(std::chrono::minutes(1));
+    if (!r.ok) {
+        std::cerr << "thinpool: " << r.message << "\n";
+        return 1;
     }
-    if (vm.count("version")) {
-        std::cout << "thinpool " << THINPOOL_VERSION << "\n";
-        return 0;
-    }
-    const std::string dir = vm["dir"].as<std::string>();
-    if (dir.empty())
-        throw usage_error("--dir needs a directory");
-    return run_demo(fs::path(dir));
+    while (auto line = c.read_line(std::chrono::milliseconds(-1))) std::cout << *line << std::endl;
+    return 0;
 }
+
+// Parses a command's arguments: positional words and the listed options.
+po::variables_map parse(const std::vector<std::string>& args, po::options_description& opts) {
+    opts.add_options()("help,h", "print help");
+    opts.add_options()("args", po::value<std::vector<std::string>>()->multitoken(), "arguments");
+    po::positional_options_description pos;
+    pos.add("args", -1);
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
+    po::notify(vm);
+    return vm;
+}
+
+std::vector<std::string> positional(const po::variables_map& vm) {
+    return vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+std::string size_word(const std::string& text) {
+    try {
+        return "size=" + std::to_string(td::parse_size(text, "size"));
+    } catch (const td::parse_error& e) {
+        throw usage_error(e.what());
+    }
+}
+
+void check_name(const std::string& n) {
+    try {
+        td::check_volume_name(n);
+    } catch (const td::parse_error& e) {
+        throw usage_error(e.what());
+    }
+}
+
+int client_command(const global_options& g, const std::string& cmd, const std::vector<std::string>& args) {
+    po::options_description opts;
+    if (cmd == "create" || cmd == "resize") opts.add_options()("size", po::value<std::string>(), "size");
+    if (cmd == "create") opts.add_options()("origin", po::value<std::string>(), "origin");
+    if (cmd == "resize") opts.add_options()("force", "force");
+    if (cmd == "list" || cmd == "status") opts.add_options()("json", "json");
+    auto vm = parse(args, opts);
+    const auto& h = COMMAND_HELP.at(cmd);
+    if (vm.count("help")) {
+        std::cout << "Usage: thinpool [--dir DIR | --socket PATH] " << h.usage << "\n\n" << h.text;
+        return 0;
+    }
+    auto pos = positional(vm);
+    auto wrong = [&] { return usage_error(std::string("usage: thinpool ") + h.usage); };
+    std::vector<std::string> words = {cmd};
+    if (cmd == "create" || cmd == "resize" || cmd == "delete") {
+        if (pos.size() != 1) throw wrong();
+        check_name(pos[0]);
+        words.push_back(pos[0]);
+        if (cmd != "delete" && vm.count("size")) words.push_back(size_word(vm["size"].as<std::string>()));
+        else if (cmd == "resize" || (cmd == "create" && !vm.count("origin")))
+            throw usage_error(cmd + " needs --size SIZE");
+        if (vm.count("origin")) {
+            std::string o = vm["origin"].as<std::string>();
+            if (o.empty()) throw usage_error("--origin needs a path");
+            words.push_back("origin=" + fs::absolute(o).lexically_normal().string());
+        }
+        if (vm.count("force")) words.push_back("force");
+    } else if (cmd == "snapshot") {
+        if (pos.size() < 2 || pos.size() % 2) throw wrong();
+        for (const auto& p : pos) check_name(p);
+        words.insert(words.end(), pos.begin(), pos.end());
+    } else if (cmd == "message") {
+        if (pos.empty()) throw wrong();
+        words.insert(words.end(), pos.begin(), pos.end());
+    } else {
+        if (!pos.empty()) throw wrong();
+        if (vm.count("json")) words.push_back("json");
+    }
+    if (cmd == "events") return stream_events(g);
+    return send_request(g, words);
+}
+
+// ---- the daemon ----
+
+int run_command(const global_options& g, const std::vector<std::string>& args) {
+    po::options_description opts;
+    opts.add_options()("dir", po::value<std::string>())("metadata", po::value<std::string>())(
+        "data", po::value<std::string>())("block-size", po::value<std::string>())(
+        "low-water-mark", po::value<std::string>())("feature", po::value<std::vector<std::string>>())(
+        "config", po::value<std::string>())("socket", po::value<std::string>())("nbd-socket", po::value<std::string>())(
+        "nbd-tcp", po::value<std::string>())("data-size", po::value<std::string>())(
+        "metadata-size", po::value<std::string>())("no-space-timeout", po::value<std::string>())("read-only", "")(
+        "adopt", "");
+    auto vm = parse(args, opts);
+    if (vm.count("help")) {
+        std::cout << RUN_HELP;
+        return 0;
+    }
+    if (!positional(vm).empty()) throw usage_error("run takes no arguments, only options (thinpool run --help)");
+    std::string dir = vm.count("dir") ? vm["dir"].as<std::string>() : g.dir.value_or("./pool");
+    if (dir.empty()) throw usage_error("--dir needs a directory");
+
+    // Command-line values first, so a bad one is a usage error before any file is read.
+    td::settings cli;
+    static const std::map<std::string, std::string> keys = {
+        {"metadata", "metadata"},     {"data", "data"},           {"block-size", "block_size"},
+        {"low-water-mark", "low_water_mark"}, {"socket", "socket"}, {"nbd-socket", "nbd_socket"},
+        {"nbd-tcp", "nbd_tcp"},       {"data-size", "data_size"}, {"metadata-size", "metadata_size"},
+        {"no-space-timeout", "no_space_timeout"}};
+    try {
+        for (const auto& [opt, key] : keys)
+            if (vm.count(opt)) cli.set(key, vm[opt].as<std::string>());
+        if (!vm.count("socket") && g.socket) cli.set("socket", *g.socket);
+        if (vm.count("feature")) {
+            std::string joined;
+            for (const auto& f : vm["feature"].as<std::vector<std::string>>()) joined += f + ",";
+            cli.set("features", joined);
+        }
+        if (vm.count("read-only")) cli.read_only = true;
+    } catch (const td::parse_error& e) {
+        throw usage_error(e.what());
+    }
+
+    td::settings merged;
+    std::string dir_conf = dir + "/thinpool.conf";
+    if (fs::exists(dir_conf)) merged.merge(td::read_config_file(dir_conf));
+    if (vm.count("config")) merged.merge(td::read_config_file(vm["config"].as<std::string>()));
+    merged.merge(cli);
+    td::daemon_options o = td::resolve(dir, merged);
+    o.adopt = vm.count("adopt") > 0;
+    return td::run_daemon(o);
+}
+
+// ---- top level ----
 
 int main_command(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
-    if (args.empty() || args[0].empty() || args[0][0] == '-')
-        return demo_command(args, true);
-
-    // `thinpool COMMAND ...`: the command's own parser takes the rest.
-    const std::string cmd = args[0];
-    args.erase(args.begin());
-    if (cmd == "demo")
-        return demo_command(args, false);
-    if (cmd == "run")
-        throw usage_error("'run' is not available yet: the pool daemon is still to be written");
-    throw usage_error("unknown command '" + cmd + "'");
+    global_options g;
+    std::size_t i = 0;
+    for (; i < args.size() && !args[i].empty() && args[i][0] == '-'; ++i) {
+        const std::string& a = args[i];
+        auto value = [&](const std::string& name) {
+            if (a.size() > name.size() && a.compare(0, name.size() + 1, name + "=") == 0) return a.substr(name.size() + 1);
+            if (a != name) throw usage_error("unknown option '" + a + "'");
+            if (++i >= args.size()) throw usage_error(name + " needs a value");
+            return args[i];
+        };
+        if (a == "-h" || a == "--help") {
+            std::cout << HELP;
+            return 0;
+        }
+        if (a == "-V" || a == "--version") {
+            std::cout << "thinpool " << THINPOOL_VERSION << "\n";
+            return 0;
+        }
+        if (a.rfind("--dir", 0) == 0) g.dir = value("--dir");
+        else if (a.rfind("--socket", 0) == 0) g.socket = value("--socket");
+        else throw usage_error("unknown option '" + a + "'");
+    }
+    if (g.dir && g.socket) throw usage_error("give --dir or --socket, not both");
+    if (i >= args.size()) throw usage_error("no command given");
+    const std::string cmd = args[i];
+    std::vector<std::string> rest(args.begin() + std::ptrdiff_t(i) + 1, args.end());
+    if (cmd == "run") return run_command(g, rest);
+    if (!COMMAND_HELP.count(cmd)) throw usage_error("unknown command '" + cmd + "'");
+    return client_command(g, cmd, rest);
 }
 
 } // namespace
@@ -394,9 +333,6 @@ int main(int argc, char** argv) {
     } catch (const po::error& e) {
         std::cerr << "thinpool: " << e.what() << "\n" << USAGE;
         return 2;
-    } catch (const thin::metadata_error& e) {
-        std::cerr << "thinpool: " << e.what() << " (" << std::strerror(e.error_code()) << ")\n";
-        return 1;
     } catch (const std::exception& e) {
         std::cerr << "thinpool: " << e.what() << "\n";
         return 1;
