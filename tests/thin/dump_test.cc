@@ -9,6 +9,8 @@
 #include "persistent-data/btree/node.h"
 #include "persistent-data/io_engine.h"
 
+#include "tests/support/dump_xml.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -90,14 +92,7 @@ std::shared_ptr<memory_engine> spec_pool() {
     return engine;
 }
 
-std::string dump_xml(std::shared_ptr<pdata::io_engine> engine, const dump::dump_options& o = {}) {
-    pdata::block_manager bm(engine, 64);
-    std::ostringstream os;
-    emit::xml_emitter e(os);
-    dump::dump_metadata(bm, o, e);
-    e.flush();
-    return os.str();
-}
+using thinpool_test::dump_xml;
 
 template <typename Emitter>
 std::string dump_to_file(std::shared_ptr<pdata::io_engine> engine, const dump::dump_options& o = {}) {

@@ -10,6 +10,8 @@
 
 #include "persistent-data/io_engine.h"
 
+#include "tests/support/dump_xml.h"
+
 #include <gtest/gtest.h>
 
 #include "tests/support/reference_tools.h"
@@ -40,14 +42,7 @@ const std::string SPEC_XML =
     "  </device>\n"
     "</superblock>\n";
 
-std::string dump_xml(std::shared_ptr<pdata::io_engine> engine) {
-    pdata::block_manager bm(engine, 64);
-    std::ostringstream os;
-    emit::xml_emitter e(os);
-    dump::dump_metadata(bm, {}, e);
-    e.flush();
-    return os.str();
-}
+using thinpool_test::dump_xml;
 
 bool superblock_is_zero(memory_engine& e) { return block_is_all_zero(e.raw(0)); }
 

@@ -11,6 +11,8 @@
 
 #include "persistent-data/io_engine.h"
 
+#include "tests/support/dump_xml.h"
+
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -54,14 +56,7 @@ std::string xml_of(std::uint64_t nr_data_blocks, const std::vector<std::vector<r
     return x.str();
 }
 
-std::string dump_xml(std::shared_ptr<pdata::io_engine> engine) {
-    pdata::block_manager bm(engine, 64);
-    std::ostringstream os;
-    emit::xml_emitter e(os);
-    dump::dump_metadata(bm, {}, e);
-    e.flush();
-    return os.str();
-}
+using thinpool_test::dump_xml;
 
 // Restores xml into a fresh output of `blocks` blocks and dumps it back.
 std::string round_trip(const std::string& xml, std::size_t blocks = 256, const restore::restore_options& o = {}) {
