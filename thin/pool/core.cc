@@ -423,6 +423,7 @@ void pool_core::submit(thin_impl* tc, io_request&& r) {
             ctx->nr = r.nr_sectors;
             ctx->buf = static_cast<std::uint8_t*>(r.buf);
             ctx->fua = r.fua;
+            ctx->no_hole = r.no_hole;
         }
         auto* f = new bio;
         f->ctx = ctx;
@@ -439,6 +440,7 @@ void pool_core::submit(thin_impl* tc, io_request&& r) {
     ctx->nr = r.nr_sectors;
     ctx->buf = static_cast<std::uint8_t*>(r.buf);
     ctx->fua = r.fua && r.op != io_op::read;
+    ctx->no_hole = r.no_hole;
     submit_data(ctx);
 }
 
@@ -453,6 +455,7 @@ void pool_core::submit_data(request_ctx* ctx) {
         b->tc = ctx->tc;
         b->op = ctx->op;
         b->fua = ctx->fua;
+        b->no_hole = ctx->no_hole;
         b->sector = s;
         b->nr = n;
         b->buf = ctx->buf ? ctx->buf + (s - ctx->sector) * SECTOR_SIZE : nullptr;

@@ -45,6 +45,7 @@ struct request_ctx {
     std::uint64_t sector = 0, nr = 0;
     std::uint8_t* buf = nullptr;
     bool fua = false;
+    bool no_hole = false;
 };
 
 // A piece of a request that does not cross a data-block boundary (discards: a run of whole
@@ -54,6 +55,7 @@ struct bio {
     thin_impl* tc = nullptr;
     io_op op = io_op::read;
     bool fua = false;
+    bool no_hole = false;  // write_zeroes: provision even where the block reads as zeros already
     std::uint64_t sector = 0, nr = 0;  // thin device sectors
     std::uint8_t* buf = nullptr;
     std::uint64_t vblock = 0, vend = 0;  // virtual block; discards: [vblock, vend)

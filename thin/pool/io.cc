@@ -56,6 +56,12 @@ void pool_core::process_rw(bio* b, cell* c) {
         read_unmapped(b);
         return defer_bios(prison_.release_no_holder(c));
     }
+    if (b->op == io_op::write_zeroes && !b->no_hole && !(b->tc->origin() && b->sector < b->tc->origin_sectors())) {
+        // An unprovisioned block with no origin under it reads as zeros already: zeroing it is
+        // done without taking a block (clients zero every hole of a sparse image they copy).
+        finish_bio(b, 0);
+        return defer_bios(prison_.release_no_holder(c));
+    }
     if (ro) return fail_holder(b, c, -EIO);
     provision(b, c);
 }

@@ -95,7 +95,8 @@ struct io_request {
     void* buf = nullptr;           // read: filled; write: nr_sectors * 512 bytes
     bool fua = false;              // write: complete only when durable (data flushed, metadata committed)
     bool preflush = false;         // flush everything completed before, then do the request
-    bool no_hole = false;          // write_zeroes: keep the blocks provisioned (else may unmap whole blocks)
+    bool no_hole = false;          // write_zeroes: provision the blocks (else unprovisioned blocks that read as
+                                   // zeros, no external origin under them, stay unprovisioned)
     // Called once, on an internal thread: 0, -EIO, -ENOSPC, -EOPNOTSUPP (discard disabled), ...
     io_callback done;
 };

@@ -31,7 +31,7 @@ constexpr std::uint64_t SECTOR = 512;
 // ---- helpers --------------------------------------------------------------------------------
 
 int do_io(thin_device& t, io_op op, std::uint64_t sector, std::uint64_t n, void* buf, bool fua = false,
-          bool preflush = false) {
+          bool preflush = false, bool no_hole = false) {
     auto p = std::make_shared<std::promise<int>>();
     auto f = p->get_future();
     io_request r;
@@ -41,6 +41,7 @@ int do_io(thin_device& t, io_op op, std::uint64_t sector, std::uint64_t n, void*
     r.buf = buf;
     r.fua = fua;
     r.preflush = preflush;
+    r.no_hole = no_hole;
     r.done = [p](int e) { p->set_value(e); };
     t.submit(std::move(r));
     if (f.wait_for(60s) != std::future_status::ready) {
@@ -63,6 +64,10 @@ std::vector<std::uint8_t> pattern(std::uint64_t tag, std::uint64_t sector, std::
 int write(thin_device& t, std::uint64_t sector, const std::vector<std::uint8_t>& d, bool fua = false) {
     auto copy = d;
     return do_io(t, io_op::write, sector, d.size() / SECTOR, copy.data(), fua);
+}
+
+int write_zeroes_sync(thin_device& t, std::uint64_t sector, std::uint64_t n, bool no_hole = false) {
+    return do_io(t, io_op::write_zeroes, sector, n, nullptr, false, false, no_hole);
 }
 
 std::vector<std::uint8_t> read(thin_device& t, std::uint64_t sector, std::uint64_t n, int* rc = nullptr) {
@@ -371,6 +376,34 @@ TEST(pool_io, write_zeroes_and_preflush_fua) {
     EXPECT_EQ(do_io(*t, io_op::write, 300, 5, d.data(), true, true), 0);
     EXPECT_GT(pl->nr_commits(), c0);
     EXPECT_EQ(read(*t, 300, 5), pattern(2, 300, 5));
+}
+
+// Zeroing what reads as zeros takes no block (clients zero every hole of an image they copy);
+// NO_HOLE, or an external origin under the block, provisions as a write would.
+TEST(pool_io, write_zeroes_of_unprovisioned_blocks_takes_no_block_unless_no_hole) {
+    mem_pool p(16);
+    auto pl = p.open();
+    pl->message("create_thin 0");
+    auto t = pl->activate(0, 8 * 128);
+    EXPECT_EQ(write_zeroes_sync(*t, 0, 4 * 128), 0);
+    EXPECT_EQ(write_zeroes_sync(*t, 4 * 128 + 7, 30), 0);
+    EXPECT_EQ(pl->status_info().used_data_blocks, 0u);
+    EXPECT_EQ(write_zeroes_sync(*t, 6 * 128, 128, true), 0);
+    EXPECT_EQ(pl->status_info().used_data_blocks, 1u);
+    auto v = read(*t, 0, 8 * 128);
+    EXPECT_TRUE(std::all_of(v.begin(), v.end(), [](auto b) { return b == 0; }));
+    t->close();
+
+    auto origin = std::make_shared<memory_data_device>(2 * 128);
+    origin->set_contents(0, pattern(7, 0, 2 * 128));
+    pl->message("create_thin 1");
+    auto o = pl->activate(1, 8 * 128, origin);
+    EXPECT_EQ(write_zeroes_sync(*o, 10, 20), 0);
+    EXPECT_EQ(pl->status_info().used_data_blocks, 2u) << "the origin's data under the range must be hidden";
+    auto w = read(*o, 0, 128);
+    auto expect = pattern(7, 0, 128);
+    std::fill(expect.begin() + 10 * SECTOR, expect.begin() + 30 * SECTOR, 0);
+    EXPECT_EQ(w, expect);
 }
 
 // ---- flush and commit policy (pool.md §5.6) ------------------------------------------------------
@@ -806,7 +839,8 @@ TEST(pool_modes, failing_abort_goes_to_fail_mode) {
 }
 
 TEST(pool_modes, exhausting_metadata_leaves_the_pool_read_only) {
-    // 64 metadata blocks; write_zeroes provisions without the memory device storing anything.
+    // 64 metadata blocks; write_zeroes with NO_HOLE provisions without the memory device storing
+    // anything.
     mem_pool p(40000, 128, true, 64);
     auto pl = p.open();
     pl->message("create_thin 0");
@@ -815,7 +849,7 @@ TEST(pool_modes, exhausting_metadata_leaves_the_pool_read_only) {
     std::uint64_t b = 0;
     // Flushes now and then stand in for the periodic commit that keeps transactions small.
     for (; b < 40000 && rc == 0; ++b) {
-        rc = do_io(*t, io_op::write_zeroes, b * 128 + 3, 1, nullptr);
+        rc = do_io(*t, io_op::write_zeroes, b * 128 + 3, 1, nullptr, false, false, true);
         if (rc == 0 && b % 64 == 63) rc = flush(*t);
     }
     EXPECT_EQ(rc, -EIO) << "after " << b << " blocks";
@@ -823,7 +857,7 @@ TEST(pool_modes, exhausting_metadata_leaves_the_pool_read_only) {
     EXPECT_TRUE(m == pool_mode::out_of_metadata_space || m == pool_mode::read_only) << to_string(m);
     EXPECT_NE(pl->status().find(" ro "), std::string::npos);
     // Provisioned blocks still work.
-    EXPECT_EQ(do_io(*t, io_op::write_zeroes, 0, 1, nullptr), 0);
+    EXPECT_EQ(do_io(*t, io_op::write_zeroes, 0, 1, nullptr, false, false, true), 0);
     EXPECT_EQ(error_of([&] { pl->message("create_thin 1"); }), EOPNOTSUPP);
     // (With so little metadata the b-tree runs out before the reserve is reached: abort, and
     // NEEDS_CHECK, as dmtest's exhausting_metadata_space_aborts_to_ro_mode expects.)
@@ -832,7 +866,7 @@ TEST(pool_modes, exhausting_metadata_leaves_the_pool_read_only) {
         p.md->resize(1024);
         pl->resize_metadata();
         EXPECT_EQ(pl->mode(), pool_mode::write);
-        EXPECT_EQ(do_io(*t, io_op::write_zeroes, b * 128 + 3, 1, nullptr), 0);
+        EXPECT_EQ(do_io(*t, io_op::write_zeroes, b * 128 + 3, 1, nullptr, false, false, true), 0);
     }
 }
 
