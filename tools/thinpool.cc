@@ -98,7 +98,8 @@ struct command_help {
 const std::map<std::string, command_help> COMMAND_HELP = {
     {"create", {"create NAME --size SIZE [--origin PATH]",
                 "Creates thin volume NAME of SIZE bytes. With --origin, unprovisioned blocks read from\n"
-                "PATH (a file or block device, opened read-only; the size defaults to its size).\n"}},
+                "PATH (a file or block device, opened read-only, read in whole 512-byte sectors; the\n"
+                "size defaults to its size, rounded down to a sector).\n"}},
     {"snapshot", {"snapshot SRC NAME [SRC2 NAME2 ...]",
                   "Creates snapshot NAME of volume SRC; several pairs are taken at one point in time.\n"}},
     {"delete", {"delete NAME", "Deletes volume NAME and frees its blocks; refused while it is in use.\n"}},

@@ -99,10 +99,17 @@ std::string cmd_create(state& s, const std::vector<std::string>& w) {
     volume v;
     v.name = w[1];
     v.created = std::int64_t(std::time(nullptr));
+    std::string note;
     if (o.count("origin")) {
+        // The origin is read in whole sectors, as a loop device over the file would show it: a
+        // partial last sector is not part of it (and past the origin's end a volume reads zeros).
         std::uint64_t osize = check_origin(o["origin"]);
+        if (osize < 512) throw command_error(EINVAL, "the origin " + o["origin"] + " is smaller than one 512-byte sector");
         v.origin = o["origin"];
-        v.size = (osize + 511) / 512 * 512;
+        v.size = osize / 512 * 512;
+        if (osize % 512)
+            note = "note: the origin's last " + std::to_string(osize % 512) +
+                   " bytes are a partial sector and are not part of the volume\n";
     }
     if (o.count("size")) v.size = parse_size(o["size"], "size");
     else if (!v.origin) throw command_error(EINVAL, "create needs a size");
@@ -112,7 +119,7 @@ std::string cmd_create(state& s, const std::vector<std::string>& w) {
     apply_change(s, next, [&] { s.pool->message("create_thin " + std::to_string(v.id)); });
     s.log("created volume " + v.name + " (device " + std::to_string(v.id) + ", " + human_size(v.size) +
           (v.origin ? ", origin " + *v.origin : std::string()) + ")");
-    return "created " + v.name + " (device " + std::to_string(v.id) + ", " + std::to_string(v.size) + " bytes)\n";
+    return "created " + v.name + " (device " + std::to_string(v.id) + ", " + std::to_string(v.size) + " bytes)\n" + note;
 }
 
 std::string cmd_snapshot(state& s, const std::vector<std::string>& w) {
