@@ -23,6 +23,7 @@
 // (default 480) size the run; scripts/crash-soak runs the long version.
 #include "tests/support/crash_log.h"
 #include "tests/support/pool_support.h"
+#include "tests/support/sector_model.h"
 #include "tests/support/reference_tools.h"
 
 #include "persistent-data/io/fault_engine.h"
@@ -64,30 +65,8 @@ constexpr unsigned SAMPLE_EVERY = 10;  // Debian's thin_check and reuse of the r
 
 // ---- the model -----------------------------------------------------------------------------------
 
-struct thin_model {
-    std::vector<std::uint64_t> current = std::vector<std::uint64_t>(THIN_SECTORS, 0);
-    std::vector<std::uint64_t> durable = std::vector<std::uint64_t>(THIN_SECTORS, 0);
-    std::vector<std::vector<std::uint64_t>> post = std::vector<std::vector<std::uint64_t>>(THIN_SECTORS);
-    std::vector<bool> zero_ok = std::vector<bool>(THIN_BLOCKS, false);
-    bool maybe_deleted = false;  // a delete is in progress
-
-    void make_durable() {
-        durable = current;
-        for (auto& p : post) p.clear();
-        std::fill(zero_ok.begin(), zero_ok.end(), false);
-    }
-    bool allowed(std::uint64_t s, std::uint64_t v) const {
-        if (v == durable[s]) return true;
-        if (v == 0 && zero_ok[s / BS]) return true;
-        return std::find(post[s].begin(), post[s].end(), v) != post[s].end();
-    }
-    std::string allowed_list(std::uint64_t s) const {
-        std::ostringstream os;
-        os << "durable " << durable[s];
-        for (auto v : post[s]) os << ", " << v;
-        if (zero_ok[s / BS]) os << ", zeros";
-        return os.str();
-    }
+struct thin_model : sector_model {
+    thin_model() : sector_model(THIN_BLOCKS, BS) {}
 };
 
 struct model {

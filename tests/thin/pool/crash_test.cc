@@ -16,6 +16,7 @@
 // happened after it) - never anything else. Finally the recovered pool takes new writes and
 // thin_check accepts the result.
 #include "tests/support/pool_support.h"
+#include "tests/support/sector_model.h"
 #include "tests/support/reference_tools.h"
 
 #include "persistent-data/io/fault_engine.h"
@@ -89,24 +90,9 @@ private:
 
 // ---- the model -----------------------------------------------------------------------------------
 
-struct thin_model {
-    std::vector<std::uint64_t> current = std::vector<std::uint64_t>(THIN_SECTORS, 0);
-    std::vector<std::uint64_t> durable = std::vector<std::uint64_t>(THIN_SECTORS, 0);
-    std::vector<std::vector<std::uint64_t>> post = std::vector<std::vector<std::uint64_t>>(THIN_SECTORS);
-    std::vector<bool> zero_ok = std::vector<bool>(THIN_BLOCKS, false);
-    bool maybe_deleted = false;  // a delete was in flight at the crash
+struct thin_model : sector_model {
+    thin_model() : sector_model(THIN_BLOCKS, BS) {}
     std::shared_ptr<thin_device> dev;
-
-    void make_durable() {
-        durable = current;
-        for (auto& p : post) p.clear();
-        std::fill(zero_ok.begin(), zero_ok.end(), false);
-    }
-    bool allowed(std::uint64_t s, std::uint64_t v) const {
-        if (v == durable[s]) return true;
-        if (v == 0 && zero_ok[s / BS]) return true;
-        return std::find(post[s].begin(), post[s].end(), v) != post[s].end();
-    }
 };
 
 struct model {
