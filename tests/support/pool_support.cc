@@ -1,5 +1,7 @@
 #include "tests/support/pool_support.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -350,6 +352,25 @@ command_result run_theirs(const std::string& tool, std::vector<std::string> args
 std::string describe(const command_result& r) {
     return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out.substr(0, 3000) + "\nstderr:\n" +
            r.err.substr(0, 3000);
+}
+
+void expect_checks_pass(const std::string& metadata, const std::vector<std::string>& extra) {
+    std::vector<std::string> args = extra;
+    args.push_back(metadata);
+    auto ours = run_ours("thin_check", args);
+    EXPECT_EQ(0, ours.exit_code) << "our thin_check: " << describe(ours);
+    if (reference_tools_available()) {
+        auto theirs = run_theirs("thin_check", args);
+        EXPECT_EQ(0, theirs.exit_code) << "Debian's thin_check: " << describe(theirs);
+    } else if (reference_tools_required()) {
+        ADD_FAILURE() << "reference tools required but missing";
+    }
+}
+
+void expect_image_checks_pass(pdata::io_engine& md) {
+    scratch_dir d;
+    save_image(md, d.file("metadata"));
+    expect_checks_pass(d.file("metadata"));
 }
 
 std::uint64_t allocated_bytes(const std::string& path) {

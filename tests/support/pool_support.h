@@ -158,6 +158,12 @@ command_result run_ours(const std::string& tool, std::vector<std::string> args);
 command_result run_theirs(const std::string& tool, std::vector<std::string> args);
 std::string describe(const command_result& r);
 
+// Our thin_check and, when installed, Debian's pass on a metadata file (extra options first);
+// a missing reference fails when the environment requires it.
+void expect_checks_pass(const std::string& metadata, const std::vector<std::string>& extra = {});
+// The same on an engine's image (saved to a scratch file).
+void expect_image_checks_pass(pdata::io_engine& md);
+
 // Bytes allocated to a file (st_blocks * 512).
 std::uint64_t allocated_bytes(const std::string& path);
 std::vector<std::uint8_t> read_bytes(const std::string& path, std::uint64_t offset, std::uint64_t len);

@@ -210,10 +210,7 @@ TEST(PoolConcurrency, DiscardsAndWritesHammerTheSameBlocks) {
         EXPECT_EQ(ts.mapped_sectors / BS, p->status_info().used_data_blocks) << "one thin, no sharing";
         t->close();
         p->close();
-        scratch_dir d;
-        save_image(*mp.md, d.file("metadata"));
-        auto r = run_ours("thin_check", {d.file("metadata")});
-        EXPECT_EQ(0, r.exit_code) << describe(r);
+        expect_image_checks_pass(*mp.md);
     }
 }
 
@@ -553,10 +550,7 @@ TEST(PoolConcurrency, OneThreadPerThinAnySizeAndAlignment) {
     EXPECT_EQ(total_mapped, p->status_info().used_data_blocks);
     for (auto& t : thins) t->close();
     p->close();
-    scratch_dir d;
-    save_image(*mp.md, d.file("metadata"));
-    auto r = run_ours("thin_check", {d.file("metadata")});
-    EXPECT_EQ(0, r.exit_code) << describe(r);
+    expect_image_checks_pass(*mp.md);
 }
 
 // 8 threads x 8 thins: every thread works on every thin; thread i owns the blocks b = i (mod 8) of
@@ -643,10 +637,7 @@ TEST(PoolConcurrency, ManyThreadsManyThins) {
     EXPECT_EQ(total_mapped, p->status_info().used_data_blocks);
     for (auto& t : thins) t->close();
     p->close();
-    scratch_dir d;
-    save_image(*mp.md, d.file("metadata"));
-    auto r = run_ours("thin_check", {d.file("metadata")});
-    EXPECT_EQ(0, r.exit_code) << describe(r);
+    expect_image_checks_pass(*mp.md);
 }
 
 // ================================================================================================
@@ -718,10 +709,7 @@ TEST(PoolConcurrency, DiscardsWithBackgroundIoAndMetadataSnaps) {
     EXPECT_EQ(t->status_info().mapped_sectors / BS, p->status_info().used_data_blocks);
     t->close();
     p->close();
-    scratch_dir d;
-    save_image(*mp.md, d.file("metadata"));
-    auto r = run_ours("thin_check", {d.file("metadata")});
-    EXPECT_EQ(0, r.exit_code) << describe(r);
+    expect_image_checks_pass(*mp.md);
 }
 
 // ================================================================================================
@@ -810,10 +798,7 @@ TEST(PoolConcurrency, DiscardsOfSharedBlocksRacingTheOtherSharer) {
     origin->close();
     snap->close();
     p->close();
-    scratch_dir d;
-    save_image(*mp.md, d.file("metadata"));
-    auto r = run_ours("thin_check", {d.file("metadata")});
-    EXPECT_EQ(0, r.exit_code) << describe(r);
+    expect_image_checks_pass(*mp.md);
 }
 
 // ================================================================================================
@@ -962,10 +947,7 @@ TEST(PoolConcurrency, DeleteActivateRaces) {
     EXPECT_GT(snaps_ok.load(), 0u);
     steady->close();
     p->close();
-    scratch_dir d;
-    save_image(*mp.md, d.file("metadata"));
-    auto r = run_ours("thin_check", {d.file("metadata")});
-    EXPECT_EQ(0, r.exit_code) << describe(r);
+    expect_image_checks_pass(*mp.md);
 }
 
 } // namespace

@@ -7,6 +7,7 @@
 
 #include "persistent-data/io/fault_engine.h"
 #include "persistent-data/io_engine.h"
+#include "tests/support/pool_support.h"
 #include "tests/support/reference_tools.h"
 
 #include <gtest/gtest.h>
@@ -68,6 +69,16 @@ int write(thin_device& t, std::uint64_t sector, const std::vector<std::uint8_t>&
 
 int write_zeroes_sync(thin_device& t, std::uint64_t sector, std::uint64_t n, bool no_hole = false) {
     return do_io(t, io_op::write_zeroes, sector, n, nullptr, false, false, no_hole);
+}
+
+// A write that needs a new block on a pool with none free: submitted, and the pool seen to go
+// OUT_OF_DATA_SPACE with the write queued (asserted by the caller's waits).
+thinpool_test::pending_io submit_queued_for_space(pool& pl, thin_device& t, std::uint64_t sector,
+                                                  const std::vector<std::uint8_t>& d) {
+    auto w = thinpool_test::pending_io::submit(t, io_op::write, sector, d.size() / SECTOR, d.data());
+    EXPECT_TRUE(thinpool_test::wait_until([&] { return pl.mode() == pool_mode::out_of_data_space; }))
+        << to_string(pl.mode());
+    return w;
 }
 
 std::vector<std::uint8_t> read(thin_device& t, std::uint64_t sector, std::uint64_t n, int* rc = nullptr) {
@@ -458,9 +469,7 @@ TEST(pool_commit, idle_pool_does_no_metadata_io_and_periodic_commit_happens) {
     auto t = pl->activate(0, 16 * 128);
     c = pl->nr_commits();
     ASSERT_EQ(write(*t, 0, pattern(1, 0, 8)), 0);
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (pl->nr_commits() == c && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
-    EXPECT_GT(pl->nr_commits(), c) << "no periodic commit";
+    EXPECT_TRUE(thinpool_test::wait_until([&] { return pl->nr_commits() > c; })) << "no periodic commit";
 }
 
 // ---- snapshots ------------------------------------------------------------------------------------
@@ -698,23 +707,10 @@ TEST(pool_modes, out_of_data_space_queues_until_the_pool_grows) {
     ASSERT_EQ(write(*t, 0, pattern(1, 0, 256)), 0);
     // The third block has to wait.
     auto d = pattern(2, 256, 4);
-    auto pr = std::make_shared<std::promise<int>>();
-    auto f = pr->get_future();
-    io_request r;
-    r.op = io_op::write;
-    r.sector = 256;
-    r.nr_sectors = 4;
-    r.buf = d.data();
-    r.done = [pr](int e) { pr->set_value(e); };
-    t->submit(std::move(r));
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (pl->mode() != pool_mode::out_of_data_space && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(1ms);
-    ASSERT_EQ(pl->mode(), pool_mode::out_of_data_space);
-    EXPECT_NE(f.wait_for(0s), std::future_status::ready);
+    auto w = submit_queued_for_space(*pl, *t, 256, d);
+    EXPECT_FALSE(w.ready());
     pl->resize_data(4);
-    ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
-    EXPECT_EQ(f.get(), 0);
+    EXPECT_EQ(w.wait(), 0);
     EXPECT_EQ(pl->mode(), pool_mode::write);
     EXPECT_EQ(read(*t, 256, 4), pattern(2, 256, 4));
 }
@@ -728,24 +724,11 @@ TEST(pool_modes, snapshot_of_an_origin_with_io_queued_for_space) {
     auto t = pl->activate(0, 8 * 128);
     ASSERT_EQ(write(*t, 0, pattern(1, 0, 256)), 0);
     auto d = pattern(2, 256, 4);
-    auto pr = std::make_shared<std::promise<int>>();
-    auto f = pr->get_future();
-    io_request r;
-    r.op = io_op::write;
-    r.sector = 256;
-    r.nr_sectors = 4;
-    r.buf = d.data();
-    r.done = [pr](int e) { pr->set_value(e); };
-    t->submit(std::move(r));
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (pl->mode() != pool_mode::out_of_data_space && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(1ms);
-    ASSERT_EQ(pl->mode(), pool_mode::out_of_data_space);
+    auto w = submit_queued_for_space(*pl, *t, 256, d);
     // The queued write does not hold the snapshot up (it has not touched the metadata).
     pl->message("create_snap 1 0");
     pl->resize_data(4);
-    ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
-    EXPECT_EQ(f.get(), 0);
+    EXPECT_EQ(w.wait(), 0);
     auto snap = pl->activate(1, 8 * 128);
     EXPECT_TRUE(all_zero(read(*snap, 256, 4)));
     EXPECT_EQ(read(*t, 256, 4), pattern(2, 256, 4));
