@@ -2,12 +2,14 @@
 no-space timeout, then growing the data file) and read-only pools."""
 import json
 import os
+import re
 import select
+import subprocess
 import time
 
 import pytest
 
-from conftest import (BLOCK, check_pattern, errno_name, program, python_nbd, qemu_io, qemu_io_failed, run, sha256,
+from conftest import (BLOCK, check_pattern, errno_name, ours, program, python_nbd, qemu_io, qemu_io_failed, run, sha256,
                       unix_connect, write_pattern)
 
 MIB = 1 << 20
@@ -100,6 +102,48 @@ def test_out_of_data_space_with_error_if_no_space(pool_factory):
     write_pattern(uri, 0xe5, MIB, MIB)
     check_pattern(uri, 0xe5, MIB, MIB)
     check_pattern(uri, 0xe4, 0, BLOCK)
+
+
+def read_line(stream, what, timeout=30):
+    """One line from a child's pipe, failing at the deadline or at end of file."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = stream.fileno()
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            pytest.fail(f"no line of {what} within {timeout} s; got {buf!r}")
+        chunk = os.read(fd, 1)  # byte by byte: nothing past the line is taken from the pipe
+        if not chunk:
+            pytest.fail(f"{what} ended; got {buf!r}")
+        buf += chunk
+    return buf.decode(errors="replace")
+
+
+def test_events_command_prints_low_water_and_mode_changes(pool_factory):
+    """`thinpool events` itself: it says on stderr when it is subscribed, prints each event as one
+    line on stdout, and exits 0 when the daemon stops."""
+    pool = pool_factory("--feature", "error_if_no_space", "--low-water-mark", "4", data_size="1M")
+    uri = pool.create("vol", 16 * MIB)
+    proc = subprocess.Popen([str(ours("thinpool")), "--dir", str(pool.dir), "events"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "following the pool's events on" in read_line(proc.stderr, "`thinpool events` stderr")
+        write_pattern(uri, 0x5a, 0, 13 * BLOCK)
+        low = read_line(proc.stdout, "`thinpool events`").split()
+        assert low[1:3] == ["data_low_water", "mode=write"], low
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", low[0]), low
+        write_pattern(uri, 0x5b, 13 * BLOCK, 3 * BLOCK)
+        assert write_error(uri, MIB, BLOCK) == "ENOSPC"
+        mode = read_line(proc.stdout, "`thinpool events`").split()
+        assert mode[1:3] == ["mode_changed", "mode=out_of_data_space"], mode
+        pool.stop()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_out_of_data_space_after_the_timeout(pool_factory):

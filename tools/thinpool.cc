@@ -114,7 +114,9 @@ const std::map<std::string, command_help> COMMAND_HELP = {
                  "Passes a pool message through (create_thin ID, create_snap ID ORIGIN_ID, delete ID,\n"
                  "set_transaction_id OLD NEW, reserve_metadata_snap, release_metadata_snap); the\n"
                  "catalogue follows (new devices become volumes thin-ID).\n"}},
-    {"events", {"events", "Prints one line per pool event until interrupted or the daemon stops.\n"}},
+    {"events", {"events",
+                "Prints one line per pool event on stdout until interrupted or the daemon stops (then\n"
+                "exits 0); says on stderr once it is subscribed.\n"}},
     {"stop", {"stop", "Asks the daemon to shut down cleanly.\n"}},
     {"ping", {"ping", "Prints the daemon's version if it answers.\n"}},
 };
@@ -158,6 +160,9 @@ int stream_events(const global_options& g) {
         std::cerr << "thinpool: " << r.message << "\n";
         return 1;
     }
+    // Subscribed: no event from now on is missed. Said on stderr, so stdout stays events only
+    // and a script can wait for this line before it sets off what it wants to see.
+    std::cerr << "thinpool: following the pool's events on " << socket_of(g) << std::endl;
     while (auto line = c.read_line(std::chrono::milliseconds(-1))) std::cout << *line << std::endl;
     return 0;
 }
