@@ -3,7 +3,9 @@
 # as the reference), builds the release preset, runs the unit tests (ctest) and the feature tests
 # (pytest in features/: the daemon driven by real NBD clients), then builds the tools, the damage
 # corpus test, the pool runtime's concurrency/crash/scenario suites and the NBD server's and the
-# daemon's tests with the asan preset and runs them under ASan+UBSan.
+# daemon's tests with the asan preset (clang 16) and runs them under ASan+UBSan, and last runs every
+# libFuzzer target of tests/fuzz for a bounded time (THINPOOL_FUZZ_TIME seconds each, 20 by default)
+# from the same build, starting from its seed corpus.
 # Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
 
@@ -17,7 +19,7 @@ export THINPOOL_REQUIRE_CLIENTS=1
 
 PACKAGES=(build-essential cmake ninja-build libboost-program-options-dev libexpat1-dev libaio-dev
           libgtest-dev libgmock-dev libbenchmark-dev thin-provisioning-tools python3-pytest
-          qemu-utils libnbd-bin python3-libnbd nbdkit fuse3 fio e2fsprogs)
+          qemu-utils libnbd-bin python3-libnbd nbdkit fuse3 fio e2fsprogs clang-16 libclang-rt-16-dev)
 
 LOG="$(mktemp)"
 CTEST_LOG="$(mktemp)"
@@ -132,8 +134,10 @@ ASAN_TESTS=(tools_damage_corpus_test thin_pool_concurrency_test thin_pool_crash_
             thin_nbd_handshake_test thin_nbd_transmission_test thin_nbd_server_test thin_daemon_daemon_test
             thin_daemon_cli_test)
 quietly "configure (cmake --preset asan)" cmake --preset asan
-quietly "build the tools and ${ASAN_TESTS[*]} (cmake --build --preset asan)" \
-    cmake --build --preset asan --target "${ASAN_TESTS[@]}"
+FUZZ_TARGETS=()
+for f in tests/fuzz/*_fuzz.cc; do FUZZ_TARGETS+=("$(basename "$f" .cc)"); done
+quietly "build the tools, ${ASAN_TESTS[*]} and ${FUZZ_TARGETS[*]} (cmake --build --preset asan)" \
+    cmake --build --preset asan --target "${ASAN_TESTS[@]}" "${FUZZ_TARGETS[@]}"
 for t in "${ASAN_TESTS[@]}"; do
     echo "==> $t under ASan+UBSan (build/asan/$t)"
     set +e
@@ -158,6 +162,27 @@ for t in "${ASAN_TESTS[@]}"; do
         echo "${t_passed:-0} tests passed under ASan+UBSan"
     fi
 done
+
+# ---- libFuzzer targets (ASan+UBSan, build/asan): each one counts as a test ----
+FUZZ_TIME="${THINPOOL_FUZZ_TIME:-20}"
+echo "==> fuzz targets, ${FUZZ_TIME} s each (scripts/fuzz --time $FUZZ_TIME --no-build)"
+set +e
+bash scripts/fuzz --time "$FUZZ_TIME" --no-build >"$CORPUS_LOG" 2>&1
+fuzz_rc=$?
+set -e
+cat "$CORPUS_LOG"
+# one line per target: "<target>  executions N  corpus N  crashes N  ok|CRASH (see log)"
+f_ok="$(grep -cE '_fuzz +executions .* ok$' "$CORPUS_LOG" || true)"
+f_bad="$(grep -cE '_fuzz +executions .* CRASH' "$CORPUS_LOG" || true)"
+passed=$((passed + f_ok))
+failed=$((failed + f_bad))
+if [ "$fuzz_rc" -ne 0 ]; then
+    status=1
+    [ "$f_bad" -gt 0 ] || failed=$((failed + 1))   # the script failed before running the targets
+elif [ "$f_ok" -ne "${#FUZZ_TARGETS[@]}" ]; then
+    echo "test.sh: scripts/fuzz reported $f_ok of ${#FUZZ_TARGETS[@]} targets" >&2
+    status=1; failed=$((failed + 1))
+fi
 
 [ "$skipped" -eq 0 ] || echo "($skipped skipped)"
 echo "$passed passed, $failed failed"
