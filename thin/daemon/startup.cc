@@ -46,8 +46,8 @@ void lock_directory(state& s) {
 }
 
 // Creates a sparse file of `bytes`, or grows an existing regular file to it when the size was
-// asked for explicitly. Block devices are used as they are.
-void ensure_device_file(state& s, const std::string& path, std::uint64_t bytes, bool size_given, const char* what) {
+// asked for explicitly. Block devices are used as they are. True when it created the file.
+bool ensure_device_file(state& s, const std::string& path, std::uint64_t bytes, bool size_given, const char* what) {
     struct stat st;
     if (::stat(path.c_str(), &st) < 0) {
         if (errno != ENOENT) throw startup_error(path + ": " + errno_text(errno));
@@ -56,25 +56,29 @@ void ensure_device_file(state& s, const std::string& path, std::uint64_t bytes, 
         int rc = ::ftruncate(fd, off_t(bytes));
         int e = errno;
         ::close(fd);
-        if (rc < 0) throw startup_error("cannot size " + path + " to " + human_size(bytes) + ": " + errno_text(e));
+        if (rc < 0) {
+            ::unlink(path.c_str());  // ours (O_EXCL) and still empty
+            throw startup_error("cannot size " + path + " to " + human_size(bytes) + ": " + errno_text(e));
+        }
         s.log("created " + std::string(what) + " file " + path + " (" + human_size(bytes) + ", sparse)");
-        return;
+        return true;
     }
     if (S_ISBLK(st.st_mode)) {
         if (size_given)
             throw startup_error("--" + std::string(what) + "-size applies to files the daemon creates; " + path +
                                 " is a block device");
-        return;
+        return false;
     }
     if (!S_ISREG(st.st_mode)) throw startup_error(path + ": not a regular file or block device");
     std::uint64_t have = std::uint64_t(st.st_size);
-    if (!size_given || bytes == have) return;
+    if (!size_given || bytes == have) return false;
     if (bytes < have)
         throw startup_error("--" + std::string(what) + "-size " + human_size(bytes) + " is smaller than " + path + " (" +
                             human_size(have) + "): a pool device cannot shrink");
     if (::truncate(path.c_str(), off_t(bytes)) < 0)
         throw startup_error("cannot grow " + path + " to " + human_size(bytes) + ": " + errno_text(errno));
     s.log("grew " + std::string(what) + " file " + path + " from " + human_size(have) + " to " + human_size(bytes));
+    return false;
 }
 
 // What the existing metadata says before the pool opens it: needs_check refuses the start, and
@@ -126,8 +130,16 @@ void prepare_files(state& s) {
                             " answers; stop it first (`thinpool --socket " + o.socket_path + " stop`)");
     lock_directory(s);
     s.log("starting: state directory " + o.dir + ", metadata " + o.metadata_path + ", data " + o.data_path);
-    ensure_device_file(s, o.metadata_path, o.metadata_size, o.metadata_size_given, "metadata");
-    ensure_device_file(s, o.data_path, o.data_size, o.data_size_given, "data");
+    bool made_metadata = ensure_device_file(s, o.metadata_path, o.metadata_size, o.metadata_size_given, "metadata");
+    try {
+        ensure_device_file(s, o.data_path, o.data_size, o.data_size_given, "data");
+    } catch (const startup_error&) {
+        // A metadata file made a moment ago holds nothing yet: take it away, so the next start
+        // begins afresh instead of finding half a first run.
+        if (made_metadata && ::unlink(o.metadata_path.c_str()) == 0)
+            s.log("removed the metadata file " + o.metadata_path + " created for this start");
+        throw;
+    }
     check_superblock(s);
 }
 

@@ -435,6 +435,24 @@ TEST_F(DaemonTest, RefusesADifferentBlockSizeForAnExistingPool) {
     EXPECT_NE(why.find("differs from the pool's data block size"), std::string::npos) << why;
 }
 
+TEST_F(DaemonTest, AFirstStartThatCannotCreateTheDataFileLeavesNoDeviceFiles) {
+    auto o = options();
+    o.data_size = 1ull << 62;  // beyond any file system's largest file: ftruncate fails (EFBIG)
+    std::string why = refusal(o);
+    EXPECT_NE(why.find("cannot size " + dir.file("data")), std::string::npos) << why;
+    // The metadata file made a moment earlier for this pool goes too: the next start begins afresh.
+    EXPECT_FALSE(fs::exists(dir.file("data")));
+    EXPECT_FALSE(fs::exists(dir.file("metadata")));
+    // Files that were there before are never removed.
+    start()->shutdown();
+    auto again = options();
+    again.data_size = 1ull << 62;
+    again.data_size_given = true;
+    EXPECT_NE(refusal(again).find("cannot grow"), std::string::npos);
+    EXPECT_TRUE(fs::exists(dir.file("data")));
+    EXPECT_TRUE(fs::exists(dir.file("metadata")));
+}
+
 // ---- the catalogue's crash windows ----
 
 TEST_F(DaemonTest, CrashAfterTheCatalogueWriteRollsBack) {
