@@ -4,6 +4,7 @@
 // discard of the block came after it. Values are pattern tags (tests/support/pool_support.h).
 #include <algorithm>
 #include <cstdint>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -40,5 +41,20 @@ struct sector_model {
         return os.str();
     }
 };
+
+// Where the crash workloads write: anywhere on the device, 1 sector to 2 blocks long, or one time in
+// three a whole block or two from a block boundary; clipped at the end of the device.
+struct extent {
+    std::uint64_t start, len;
+};
+inline extent random_write_extent(std::mt19937_64& rng, std::uint64_t nr_sectors, std::uint64_t block_sectors) {
+    std::uint64_t start = rng() % nr_sectors;
+    std::uint64_t len = 1 + rng() % (2 * block_sectors);
+    if (rng() % 3 == 0) {
+        start -= start % block_sectors;
+        len = block_sectors * (1 + rng() % 2);
+    }
+    return {start, std::min(len, nr_sectors - start)};
+}
 
 } // namespace thinpool_test

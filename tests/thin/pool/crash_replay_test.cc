@@ -213,13 +213,7 @@ private:
     }
 
     std::string write(thin::dev_id id) {
-        std::uint64_t start = rng_() % THIN_SECTORS;
-        std::uint64_t len = 1 + rng_() % (2 * BS);
-        if (rng_() % 3 == 0) {
-            start -= start % BS;
-            len = BS * (1 + rng_() % 2);
-        }
-        len = std::min(len, THIN_SECTORS - start);
+        auto [start, len] = random_write_extent(rng_, THIN_SECTORS, BS);
         std::uint64_t tag = ++tag_;
         bool fua = rng_() % 8 == 0;
         begin("write thin " + std::to_string(id) + " [" + std::to_string(start) + "+" + std::to_string(len) + ")" +

@@ -253,13 +253,7 @@ private:
                                                 std::to_string(rc) + " before any crash";
         };
         if (r < 50) {
-            std::uint64_t start = rng_() % THIN_SECTORS;
-            std::uint64_t len = 1 + rng_() % (2 * BS);
-            if (rng_() % 3 == 0) {
-                start -= start % BS;
-                len = BS * (1 + rng_() % 2);
-            }
-            len = std::min(len, THIN_SECTORS - start);
+            auto [start, len] = random_write_extent(rng_, THIN_SECTORS, BS);
             std::uint64_t tag = ++tag_;
             std::vector<std::uint8_t> data(len * SECTOR);
             fill_sectors(data.data(), tag, start, len);
