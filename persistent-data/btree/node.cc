@@ -7,7 +7,7 @@ void node_validator::check(const std::uint8_t* data, block_address b) const {
     node_ref n(data);
     if (n.flags() != INTERNAL_NODE && n.flags() != LEAF_NODE)
         throw corrupt_block(b, "btree node has bad flags " + std::to_string(n.flags()));
-    if (NODE_HEADER_SIZE + (8ull + n.value_size()) * n.max_entries() > MD_BLOCK_SIZE)
+    if (!entries_fit(n.max_entries(), n.value_size()))
         throw corrupt_block(b, "btree node: max_entries " + std::to_string(n.max_entries()) +
                                    " with value_size " + std::to_string(n.value_size()) +
                                    " does not fit in a block");

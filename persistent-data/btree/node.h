@@ -32,6 +32,14 @@ constexpr std::uint32_t max_entries_for(std::uint32_t value_size) {
 static_assert(max_entries_for(8) == 252 && max_entries_for(4) == 336 && max_entries_for(16) == 168 &&
               max_entries_for(24) == 126);
 
+// Whether max_entries keys and values of value_size bytes fit in a block after the header. Each
+// factor is bounded first: both come from disk, and their product can wrap even in 64 bits.
+constexpr bool entries_fit(std::uint32_t max_entries, std::uint32_t value_size) {
+    return max_entries <= MD_BLOCK_SIZE && value_size <= MD_BLOCK_SIZE &&
+           NODE_HEADER_SIZE + (8ull + value_size) * max_entries <= MD_BLOCK_SIZE;
+}
+static_assert(entries_fit(254, 8) && !entries_fit(255, 8) && !entries_fit(0xffffffffu, 0xfffffff9u));
+
 template <typename Byte>
 class basic_node {
 public:

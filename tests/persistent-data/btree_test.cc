@@ -600,6 +600,23 @@ TEST(btree, corrupt_node_is_reported) {
     EXPECT_THROW(bt::insert(e.inf, root, &k, v.data()), corrupt_block);
 }
 
+// A header whose (8 + value_size) * max_entries wraps 64 bits must not pass as fitting in the block
+// (block_fuzz found it: value_size 0xfffffff9, max_entries 0xffffffff: 32 + (2^32 + 1) * (2^32 - 1) wraps to 31).
+TEST(btree, node_validator_refuses_sizes_whose_product_wraps) {
+    alignas(8) std::uint8_t b[MD_BLOCK_SIZE] = {};
+    store_le32(b + 4, bt::LEAF_NODE);
+    store_le32(b + 16, 1);
+    store_le32(b + 20, 0xffffffffu);
+    store_le32(b + 24, 0xfffffff9u);
+    bt::btree_node_validator().prepare(b, 7);
+    EXPECT_THROW(bt::btree_node_validator().check(b, 7), corrupt_block);
+    // Each factor alone too big for a block is refused too, whatever the other.
+    store_le32(b + 20, 1);
+    store_le32(b + 24, 0xffffffffu);
+    bt::btree_node_validator().prepare(b, 7);
+    EXPECT_THROW(bt::btree_node_validator().check(b, 7), corrupt_block);
+}
+
 // Not a benchmark, but keeps an eye on the hot path: sequential mapping inserts.
 TEST(btree, sequential_insert_speed) {
     env e(1 << 13, 2, 8, false, 1, 16384);

@@ -4,6 +4,7 @@
 // a held metadata snapshot, -m) check clean; --auto-repair and --clear-needs-check-flag fix what
 // they should; the kernel fixtures check clean and the corrupted one does not.
 #include "thin/check/check.h"
+#include "thin/check/mapping_check.h"
 #include "thin/check/repair.h"
 #include "thin/check/sm_check.h"
 #include "thin/metadata/metadata.h"
@@ -311,6 +312,17 @@ TEST(Check, AllZeroSuperblockReportsTheChecksumOfZeros) {
     auto o = run_check(e);
     EXPECT_EQ(o.r.worst, severity::fatal);
     EXPECT_TRUE(contains(o.text, "bad checksum in superblock, wanted 1490015127")) << o.text;
+}
+
+// The checker's own node reading must not take a header whose sizes wrap 64 bits as fitting.
+TEST(Check, NodeWhoseEntrySizesWrapDoesNotFit) {
+    alignas(8) std::uint8_t b[MD_BLOCK_SIZE] = {};
+    store_le32(b + 4, pdata::btree::LEAF_NODE);
+    store_le32(b + 16, 1);
+    store_le32(b + 20, 0xffffffffu);
+    store_le32(b + 24, 0xfffffff9u);
+    pdata::btree::btree_node_validator().prepare(b, 9);
+    EXPECT_TRUE(contains(thin::check::node_problem(b, 9, 8), "does not fit in a block"));
 }
 
 TEST(Check, CorruptMetadataSnapshotCopyIsFatal) {

@@ -39,7 +39,7 @@ std::string node_problem(const std::uint8_t* d, block_address b, std::uint32_t l
     if (load_le32(d) != block_checksum(d, block_salt::btree_node)) return "bad checksum in btree node";
     if (n.blocknr() != b) return "btree node claims to be block " + std::to_string(n.blocknr());
     if (!n.is_leaf() && !n.is_internal()) return "btree node has bad flags " + std::to_string(n.flags());
-    if (btree::NODE_HEADER_SIZE + (8ull + n.value_size()) * n.max_entries() > MD_BLOCK_SIZE)
+    if (!btree::entries_fit(n.max_entries(), n.value_size()))
         return "btree node: max_entries " + std::to_string(n.max_entries()) + " with value_size " +
                std::to_string(n.value_size()) + " does not fit in a block";
     if (n.nr_entries() > n.max_entries())
