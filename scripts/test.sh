@@ -138,6 +138,8 @@ FUZZ_TARGETS=()
 for f in tests/fuzz/*_fuzz.cc; do FUZZ_TARGETS+=("$(basename "$f" .cc)"); done
 quietly "build the tools, ${ASAN_TESTS[*]} and ${FUZZ_TARGETS[*]} (cmake --build --preset asan)" \
     cmake --build --preset asan --target "${ASAN_TESTS[@]}" "${FUZZ_TARGETS[@]}"
+# Symbolized sanitizer reports (scripts/fuzz explains why the path is given).
+command -v llvm-symbolizer >/dev/null && export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$(readlink -f "$(command -v llvm-symbolizer)")}
 for t in "${ASAN_TESTS[@]}"; do
     echo "==> $t under ASan+UBSan (build/asan/$t)"
     set +e
