@@ -37,6 +37,7 @@ restore_emitter::~restore_emitter() = default;
 
 void restore_emitter::abandon() {
     builder_.reset();
+    leaves_.reset();
     data_sm_ = nullptr;
     md_.reset();  // the block manager drops dirty blocks: nothing more is written
 }
@@ -73,7 +74,9 @@ void restore_emitter::begin_device(const device_info& dev) {
     cur_.details.transaction_id = dev.transaction;
     cur_.details.creation_time = dev.creation_time;
     cur_.details.snapshotted_time = dev.snap_time;
-    builder_ = std::make_unique<btree::builder>(md_->transaction_manager(), 8);
+    if (!leaves_) leaves_ = std::make_unique<btree::leaf_catalog>(8);
+    builder_ = std::make_unique<btree::sharing_builder>(
+        md_->transaction_manager(), 8, *leaves_, [this](const std::uint8_t* v, unsigned n) { take_refs(v, n); });
     last_vblock_.reset();
 }
 
@@ -100,15 +103,33 @@ void restore_emitter::range_map(std::uint64_t vbegin, std::uint64_t dbegin, std:
         store_le64(v, block_time{dbegin + i, time}.pack());
         builder_->push_back(vbegin + i, v);
     }
-    data_sm_->inc_range(dbegin, dbegin + len);
     cur_.details.mapped_blocks += len;
     last_vblock_ = vbegin + (len - 1);
+}
+
+void restore_emitter::take_refs(const std::uint8_t* values, unsigned count) {
+    for (unsigned i = 0; i < count; ++i) {
+        std::uint64_t b = block_time::unpack(load_le64(values + 8 * i)).data_block;
+        if (run_len_ && b == run_begin_ + run_len_) {
+            ++run_len_;
+            continue;
+        }
+        flush_run();
+        run_begin_ = b;
+        run_len_ = 1;
+    }
+}
+
+void restore_emitter::flush_run() {
+    if (run_len_) data_sm_->inc_range(run_begin_, run_begin_ + run_len_);
+    run_len_ = 0;
 }
 
 void restore_emitter::end_device() {
     if (!in_device_) throw std::runtime_error("</device> without <device>");
     cur_.root = builder_->finish();
     builder_.reset();
+    flush_run();
     devices_.emplace(cur_.id, cur_);
     in_device_ = false;
 }

@@ -6,8 +6,11 @@
 //    the data space map allows: thin_repair's rule, repair/data_size.h), formats the whole output
 //    (up to 4,161,600 blocks), then zeroes block 0 on disk so the output never looks valid until
 //    the final commit;
-//  - each device's level-2 tree is built bottom-up with full leaves (pdata::btree::builder) while
-//    its mappings stream in, and the data space map counts are incremented per mapping;
+//  - each device's level-2 tree is built bottom-up with full leaves while its mappings stream in;
+//    a run of mappings that repeats a whole leaf of an earlier device's tree (same origin blocks,
+//    data blocks and times) references that leaf instead of copying it, as a snapshot's tree does
+//    in the kernel (pdata::btree::sharing_builder). A data block's count is the number of leaves
+//    that map it, so a shared leaf's mappings are counted once;
 //  - mapped_blocks is recomputed from the mappings (the XML value is ignored, as thin_restore
 //    0.9.0 does); duplicate device ids, mappings beyond nr_data_blocks, overlapping or unordered
 //    mappings, origin runs past block 2^64-1, and times beyond 24 bits are errors;
@@ -16,7 +19,7 @@
 #include "thin/ir/emitter.h"
 #include "thin/metadata/metadata.h"
 
-#include "persistent-data/btree/builder.h"
+#include "persistent-data/btree/leaf_sharing.h"
 #include "persistent-data/io_engine.h"
 
 #include <map>
@@ -61,7 +64,12 @@ private:
     std::map<dev_id, metadata::installed_device> devices_;
     bool in_device_ = false;
     metadata::installed_device cur_{};
-    std::unique_ptr<pdata::btree::builder> builder_;
+    std::unique_ptr<pdata::btree::leaf_catalog> leaves_;  // every device's leaves, for the next ones
+    std::unique_ptr<pdata::btree::sharing_builder> builder_;
+    // Data blocks the current device's own leaves map, counted in runs of consecutive blocks.
+    std::uint64_t run_begin_ = 0, run_len_ = 0;
+    void take_refs(const std::uint8_t* values, unsigned count);
+    void flush_run();
     // The device's last mapped origin block, when it has any: the next mapping must start above
     // it. (Not "the next free block": after a mapping of block 2^64-1 there is none.)
     std::optional<std::uint64_t> last_vblock_;
