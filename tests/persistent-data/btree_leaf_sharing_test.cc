@@ -103,6 +103,22 @@ struct pool {
         b.push_back(k, buf);
     }
 
+    // Entries first..first+n-1 with values value0..., pushed into b and recorded in m.
+    void push_run(builder& b, model& m, std::uint64_t first, std::uint64_t n, std::uint64_t value0) {
+        for (std::uint64_t k = first; k < first + n; ++k) {
+            push(b, k, value0 + k);
+            m[k] = value0 + k;
+        }
+    }
+
+    // An existing leaf pushed into b by reference, its entries recorded in m.
+    void push_shared(builder& b, model& m, block_address leaf) {
+        b.push_leaf(leaf);
+        auto r = bm.read_lock(leaf, btree_node_validator());
+        node_ref n(r.data());
+        for (unsigned i = 0; i < n.nr_entries(); ++i) m[n.key(i)] = n.value64(i);
+    }
+
     block_address keep(block_address root) {
         roots.push_back(root);
         return root;
@@ -120,14 +136,6 @@ std::uint32_t nr_entries(pool& p, block_address b) {
     return node_ref(r.data()).nr_entries();
 }
 
-model leaf_model(pool& p, block_address b) {
-    auto r = p.bm.read_lock(b, btree_node_validator());
-    node_ref n(r.data());
-    model m;
-    for (unsigned i = 0; i < n.nr_entries(); ++i) m[n.key(i)] = n.value64(i);
-    return m;
-}
-
 } // namespace
 
 TEST(PushLeaf, SharedLeavesAreReferencedNotCopied) {
@@ -140,14 +148,10 @@ TEST(PushLeaf, SharedLeavesAreReferencedNotCopied) {
     // b: a's leaves 1, 2 and 4 by reference, its own entries around them.
     model b;
     builder bb(p.tm, 8, p.counter());
-    for (std::uint64_t k = 0; k < 252; ++k) p.push(bb, k, 50000 + k), b[k] = 50000 + k;
-    for (int i : {1, 2}) bb.push_leaf(la[i]);
-    for (std::uint64_t k = 252 * 3; k < 252 * 4; ++k) p.push(bb, k, 60000 + k), b[k] = 60000 + k;
-    bb.push_leaf(la[4]);
-    for (int i : {1, 2, 4}) {
-        auto lm = leaf_model(p, la[i]);
-        b.insert(lm.begin(), lm.end());
-    }
+    p.push_run(bb, b, 0, 252, 50000);
+    for (int i : {1, 2}) p.push_shared(bb, b, la[i]);
+    p.push_run(bb, b, 252 * 3, 252, 60000);
+    p.push_shared(bb, b, la[4]);
     EXPECT_EQ(bb.size(), b.size());
     block_address rb = p.keep(bb.finish());
 
@@ -168,12 +172,9 @@ TEST(PushLeaf, AFirstNodeTooSmallToCloseTakesTheLeafsEntries) {
     auto la = p.leaves(ra);
     builder bb(p.tm, 8, p.counter());
     model b;
-    for (std::uint64_t k = 0; k < 10; ++k) p.push(bb, k, 7000 + k), b[k] = 7000 + k;
-    bb.push_leaf(la[0]);  // 10 entries cannot be a leaf of their own: the leaf is copied
-    bb.push_leaf(la[1]);  // the copy filled a leaf and left 10 + 252 - 252 = 10 again: borrows from it
-    auto l0 = leaf_model(p, la[0]), l1 = leaf_model(p, la[1]);
-    b.insert(l0.begin(), l0.end());
-    b.insert(l1.begin(), l1.end());
+    p.push_run(bb, b, 0, 10, 7000);
+    p.push_shared(bb, b, la[0]);  // 10 entries cannot be a leaf of their own: the leaf is copied
+    p.push_shared(bb, b, la[1]);  // the copy filled a leaf and left 10 + 252 - 252 = 10 again: borrows from it
     block_address rb = p.keep(bb.finish());
     p.expect_tree(rb, b);
     auto lb = p.leaves(rb);
@@ -196,14 +197,10 @@ TEST(PushLeaf, ASmallNodeAfterASharedLeafUnsharesIt) {
             auto la = p.leaves(ra), lc = p.leaves(rc);
             ASSERT_EQ(nr_entries(p, la[0]), leaf_size);
             builder bb(p.tm, 8, p.counter());
-            model b = leaf_model(p, la[0]);
-            bb.push_leaf(la[0]);
-            for (std::uint64_t k = leaf_size; k < leaf_size + 10; ++k) p.push(bb, k, 9000 + k), b[k] = 9000 + k;
-            if (!at_finish) {
-                bb.push_leaf(lc[0]);
-                auto l = leaf_model(p, lc[0]);
-                b.insert(l.begin(), l.end());
-            }
+            model b;
+            p.push_shared(bb, b, la[0]);
+            p.push_run(bb, b, leaf_size, 10, 9000);
+            if (!at_finish) p.push_shared(bb, b, lc[0]);
             block_address rb = p.keep(bb.finish());
             p.expect_tree(rb, b);
             auto lb = p.leaves(rb);
@@ -227,10 +224,8 @@ TEST(PushLeaf, ASmallNodeAfterAFullOneBorrowsFromIt) {
     auto la = p.leaves(ra);
     builder bb(p.tm, 8, p.counter());
     model b;
-    for (std::uint64_t k = 0; k < 252 + 20; ++k) p.push(bb, k, 3000 + k), b[k] = 3000 + k;
-    bb.push_leaf(la[0]);
-    auto l0 = leaf_model(p, la[0]);
-    b.insert(l0.begin(), l0.end());
+    p.push_run(bb, b, 0, 252 + 20, 3000);
+    p.push_shared(bb, b, la[0]);
     block_address rb = p.keep(bb.finish());
     p.expect_tree(rb, b);
     auto lb = p.leaves(rb);
