@@ -123,14 +123,15 @@ if compgen -G "features/test_*.py" >/dev/null; then
 fi
 
 # ---- under AddressSanitizer + UndefinedBehaviorSanitizer: the damage corpus, the pool runtime, ----
-# ---- the NBD server and the daemon ----
+# ---- the NBD server, the daemon, leaf sharing ----
 # The corpus test (tests/tools/damage_corpus_test.cc) also ran above in release; here it runs from
 # build/asan, so every tool it starts over every damaged image runs under ASan+UBSan (a sanitizer
 # report, a crash or a hang fails a test). The pool runtime's concurrency, crash and scenario suites
 # run there too, and so do the NBD server's protocol tests (hostile clients included) and the
-# daemon's (its CLI test starts the asan build of thinpool). Test targets depend on every tool, so
+# daemon's (its CLI test starts the asan build of thinpool), and the b-tree builder's leaf sharing
+# (nodes built in memory, copied between neighbours). Test targets depend on every tool, so
 # building them builds just what they need.
-ASAN_TESTS=(tools_damage_corpus_test thin_pool_concurrency_test thin_pool_crash_test thin_pool_scenarios_test
+ASAN_TESTS=(tools_damage_corpus_test persistent_data_btree_leaf_sharing_test thin_pool_concurrency_test thin_pool_crash_test thin_pool_scenarios_test
             thin_nbd_handshake_test thin_nbd_transmission_test thin_nbd_server_test thin_daemon_daemon_test
             thin_daemon_cli_test)
 quietly "configure (cmake --preset asan)" cmake --preset asan
