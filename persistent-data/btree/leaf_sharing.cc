@@ -6,10 +6,18 @@
 
 namespace pdata::btree {
 
-leaf_catalog::leaf_catalog(std::uint32_t value_size) : min_entries_(max_entries_for(value_size) / 3) {}
+leaf_catalog::leaf_catalog(std::uint32_t value_size)
+    : value_size_(value_size), min_entries_(max_entries_for(value_size) / 3) {}
+
+// FNV-1a: values are short, and a collision only costs reading a leaf that then does not match.
+std::uint64_t leaf_catalog::digest(const std::uint8_t* value) const {
+    std::uint64_t h = 14695981039346656037ull;
+    for (std::uint32_t i = 0; i < value_size_; ++i) h = (h ^ value[i]) * 1099511628211ull;
+    return h;
+}
 
 void leaf_catalog::add(block_address b, node_ref n) {
-    if (n.nr_entries() >= min_entries_) pending_.push_back({n.key(0), b});
+    if (n.nr_entries() >= min_entries_) pending_.push_back({n.key(0), digest(n.value(0)), b});
 }
 
 void leaf_catalog::seal() {
@@ -34,10 +42,11 @@ sharing_builder::sharing_builder(transaction_manager& tm, std::uint32_t value_si
 void sharing_builder::push_back(std::uint64_t key, const std::uint8_t* value) {
     if (finished_) throw std::logic_error("sharing builder: push_back after finish");
     if (matched_) {
-        node_ref c(cand_.get());
-        if (key == c.key(matched_) && std::memcmp(value, c.value(matched_), value_size_) == 0) {
-            if (++matched_ == c.nr_entries()) {
-                b_.push_leaf(cand_block_);
+        node_ref c(cand_node_.get());
+        bool same = key == c.key(matched_) && std::memcmp(value, c.value(matched_), value_size_) == 0;
+        if (same || try_switch(key, value)) {
+            if (++matched_ == node_ref(cand_node_.get()).nr_entries()) {
+                b_.push_leaf(catalog_.leaves()[cand_].block);
                 matched_ = 0;
                 ++shared_;
             }
@@ -50,25 +59,63 @@ void sharing_builder::push_back(std::uint64_t key, const std::uint8_t* value) {
     take_refs_(value, 1);
 }
 
+void sharing_builder::load(std::size_t i) {
+    read_ref r = tm_.read_lock(catalog_.leaves()[i].block, btree_node_validator());
+    std::memcpy(cand_node_.get(), r.data(), MD_BLOCK_SIZE);
+    cand_ = i;
+}
+
 // Starts comparing with a catalogued leaf that begins with (key, value), if there is one.
 bool sharing_builder::try_start(std::uint64_t key, const std::uint8_t* value) {
     const auto& leaves = catalog_.leaves();
     while (cursor_ < leaves.size() && leaves[cursor_].first_key < key) ++cursor_;
+    if (cursor_ == leaves.size() || leaves[cursor_].first_key != key) return false;
+    const std::uint64_t d = catalog_.digest(value);
     for (std::size_t i = cursor_; i < leaves.size() && leaves[i].first_key == key; ++i) {
-        read_ref r = tm_.read_lock(leaves[i].block, btree_node_validator());
-        node_ref n(r.data());
-        if (std::memcmp(n.value(0), value, value_size_) != 0) continue;
-        std::memcpy(cand_.get(), r.data(), MD_BLOCK_SIZE);
-        cand_block_ = leaves[i].block;
+        if (leaves[i].first_value != d) continue;
+        load(i);
+        if (std::memcmp(node_ref(cand_node_.get()).value(0), value, value_size_) != 0) continue;
         matched_ = 1;
         return true;
     }
     return false;
 }
 
+// The leaf being compared with differs at entry matched_: another leaf with the same first
+// matched_ entries (several devices may have rewritten different parts of one leaf) may go on
+// with (key, value).
+bool sharing_builder::try_switch(std::uint64_t key, const std::uint8_t* value) {
+    const auto& leaves = catalog_.leaves();
+    const std::size_t was_i = cand_;
+    const leaf_catalog::leaf was = leaves[was_i];
+    auto alike = [&](std::size_t i) {
+        return i < leaves.size() && leaves[i].first_key == was.first_key && leaves[i].first_value == was.first_value;
+    };
+    std::size_t next = was_i + 1;
+    while (next < leaves.size() && leaves[next].first_key == was.first_key && !alike(next)) ++next;
+    if (!alike(next)) return false;  // the usual case: no other leaf starts the same way
+    aligned_block seen = make_aligned_block(false);
+    std::memcpy(seen.get(), cand_node_.get(), MD_BLOCK_SIZE);
+    node_ref s(seen.get());
+    for (std::size_t i = next; i < leaves.size() && leaves[i].first_key == was.first_key; ++i) {
+        if (!alike(i)) continue;
+        load(i);
+        node_ref c(cand_node_.get());
+        if (c.nr_entries() <= matched_ || c.key(matched_) != key ||
+            std::memcmp(c.value(matched_), value, value_size_) != 0)
+            continue;
+        bool prefix = std::memcmp(c.raw() + NODE_HEADER_SIZE, s.raw() + NODE_HEADER_SIZE, 8 * std::size_t(matched_)) == 0 &&
+                      std::memcmp(c.value(0), s.value(0), std::size_t(value_size_) * matched_) == 0;
+        if (prefix) return true;
+    }
+    std::memcpy(cand_node_.get(), seen.get(), MD_BLOCK_SIZE);  // give_up replays what was seen
+    cand_ = was_i;
+    return false;
+}
+
 // The entries held back go in as ordinary ones.
 void sharing_builder::give_up() {
-    node_ref c(cand_.get());
+    node_ref c(cand_node_.get());
     for (unsigned i = 0; i < matched_; ++i) b_.push_back(c.key(i), c.value(i));
     take_refs_(c.value(0), matched_);
     matched_ = 0;

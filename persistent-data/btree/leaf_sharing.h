@@ -28,13 +28,16 @@ public:
 
     struct leaf {
         std::uint64_t first_key;
+        std::uint64_t first_value;  // a digest of the first value: most candidates fail on it unread
         block_address block;
     };
+    std::uint64_t digest(const std::uint8_t* value) const;
     // Catalogued leaves ordered by first key (and by the order they were added for equal keys).
     const std::vector<leaf>& leaves() const { return sorted_; }
     std::size_t size() const { return sorted_.size(); }
 
 private:
+    std::uint32_t value_size_;
     std::uint32_t min_entries_;
     std::vector<leaf> sorted_;
     std::vector<leaf> pending_;
@@ -60,13 +63,16 @@ private:
     refs_fn take_refs_;
     builder b_;
     std::size_t cursor_ = 0;  // first catalogued leaf whose first key may still come
-    aligned_block cand_ = make_aligned_block(true);
-    block_address cand_block_ = 0;
-    unsigned matched_ = 0;    // entries of cand_ repeated so far; 0 = not matching
+    // The leaf being compared with (a copy), when matched_ > 0.
+    aligned_block cand_node_ = make_aligned_block(true);
+    unsigned matched_ = 0;    // entries of it repeated so far; 0 = not matching
     std::uint64_t shared_ = 0;
     bool finished_ = false;
 
+    std::size_t cand_ = 0;     // its index in the catalog
     bool try_start(std::uint64_t key, const std::uint8_t* value);
+    bool try_switch(std::uint64_t key, const std::uint8_t* value);
+    void load(std::size_t i);
     void give_up();
 };
 

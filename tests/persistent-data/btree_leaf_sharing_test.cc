@@ -346,3 +346,35 @@ TEST(SharingBuilder, IdenticalTreesShareEveryLeafAndDifferentValuesShareNone) {
     p.expect_counts();
     EXPECT_EQ(catalog.size(), 2 * p.leaves(ra).size());
 }
+
+// Two catalogued leaves start alike and part further on (two snapshots rewrote different parts
+// of one origin leaf): a tree repeating the second one must end up sharing it, not a copy, even
+// though the comparison starts with the first.
+TEST(SharingBuilder, SwitchesToALeafThatStartsAlikeWhenTheFirstDiffers) {
+    pool p;
+    leaf_catalog catalog(8);
+    auto build = [&](const model& m) {
+        sharing_builder sb(p.tm, 8, catalog, p.counter());
+        std::uint8_t v[8];
+        for (auto [k, val] : m) {
+            store_le64(v, val);
+            sb.push_back(k, v);
+        }
+        return p.keep(sb.finish());
+    };
+    model a = range(0, 252 * 3, 1);
+    model b = a;
+    b[200] = 900000;  // b's first leaf differs from a's at entry 200
+    model c = b;
+    c[300] = 900001;  // c repeats b's first leaf, not a's
+    block_address ra = build(a), rb = build(b), rc = build(c);
+    auto la = p.leaves(ra), lb = p.leaves(rb), lc = p.leaves(rc);
+    ASSERT_EQ(la.size(), 3u);
+    EXPECT_NE(lb[0], la[0]);
+    EXPECT_EQ(lb[1], la[1]);
+    EXPECT_EQ(lc[0], lb[0]);
+    EXPECT_NE(lc[1], la[1]);
+    EXPECT_EQ(lc[2], la[2]);
+    p.expect_tree(rc, c);
+    p.expect_counts();
+}
