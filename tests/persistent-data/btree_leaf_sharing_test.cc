@@ -119,6 +119,19 @@ struct pool {
         for (unsigned i = 0; i < n.nr_entries(); ++i) m[n.key(i)] = n.value64(i);
     }
 
+    // A tree built by a sharing_builder over catalog; *shared gets the leaves it took by reference.
+    block_address build_sharing(leaf_catalog& catalog, const model& m, std::uint64_t* shared = nullptr) {
+        sharing_builder sb(tm, 8, catalog, counter());
+        std::uint8_t v[8];
+        for (auto [k, val] : m) {
+            store_le64(v, val);
+            sb.push_back(k, v);
+        }
+        block_address root = keep(sb.finish());
+        if (shared) *shared = sb.shared_leaves();
+        return root;
+    }
+
     block_address keep(block_address root) {
         roots.push_back(root);
         return root;
@@ -305,14 +318,9 @@ TEST(SharingBuilder, RandomSnapshotsHoldTheirEntriesAndShareWhatTheyRepeat) {
         std::uint64_t shared = 0;
         std::vector<block_address> roots;
         for (auto& m : trees) {
-            sharing_builder sb(p.tm, 8, catalog, p.counter());
-            std::uint8_t v[8];
-            for (auto [k, val] : m) {
-                store_le64(v, val);
-                sb.push_back(k, v);
-            }
-            roots.push_back(p.keep(sb.finish()));
-            shared += sb.shared_leaves();
+            std::uint64_t s = 0;
+            roots.push_back(p.build_sharing(catalog, m, &s));
+            shared += s;
         }
         for (std::size_t i = 0; i < trees.size(); ++i) p.expect_tree(roots[i], trees[i]);
         p.expect_counts();
@@ -324,20 +332,11 @@ TEST(SharingBuilder, RandomSnapshotsHoldTheirEntriesAndShareWhatTheyRepeat) {
 TEST(SharingBuilder, IdenticalTreesShareEveryLeafAndDifferentValuesShareNone) {
     pool p;
     leaf_catalog catalog(8);
-    auto build = [&](const model& m) {
-        sharing_builder sb(p.tm, 8, catalog, p.counter());
-        std::uint8_t v[8];
-        for (auto [k, val] : m) {
-            store_le64(v, val);
-            sb.push_back(k, v);
-        }
-        block_address r = p.keep(sb.finish());
-        return std::make_pair(r, sb.shared_leaves());
-    };
     model a = range(0, 10000, 1);
-    auto [ra, sa] = build(a);
-    auto [rb, sb] = build(a);
-    auto [rc, sc] = build(range(0, 10000, 20000));  // same keys, other values
+    std::uint64_t sa, sb, sc;
+    block_address ra = p.build_sharing(catalog, a, &sa);
+    block_address rb = p.build_sharing(catalog, a, &sb);
+    p.build_sharing(catalog, range(0, 10000, 20000), &sc);  // same keys, other values
     EXPECT_EQ(sa, 0u);
     EXPECT_EQ(sb, p.leaves(ra).size());
     EXPECT_EQ(p.leaves(rb), p.leaves(ra));
@@ -353,21 +352,12 @@ TEST(SharingBuilder, IdenticalTreesShareEveryLeafAndDifferentValuesShareNone) {
 TEST(SharingBuilder, SwitchesToALeafThatStartsAlikeWhenTheFirstDiffers) {
     pool p;
     leaf_catalog catalog(8);
-    auto build = [&](const model& m) {
-        sharing_builder sb(p.tm, 8, catalog, p.counter());
-        std::uint8_t v[8];
-        for (auto [k, val] : m) {
-            store_le64(v, val);
-            sb.push_back(k, v);
-        }
-        return p.keep(sb.finish());
-    };
     model a = range(0, 252 * 3, 1);
     model b = a;
     b[200] = 900000;  // b's first leaf differs from a's at entry 200
     model c = b;
     c[300] = 900001;  // c repeats b's first leaf, not a's
-    block_address ra = build(a), rb = build(b), rc = build(c);
+    block_address ra = p.build_sharing(catalog, a), rb = p.build_sharing(catalog, b), rc = p.build_sharing(catalog, c);
     auto la = p.leaves(ra), lb = p.leaves(rb), lc = p.leaves(rc);
     ASSERT_EQ(la.size(), 3u);
     EXPECT_NE(lb[0], la[0]);
