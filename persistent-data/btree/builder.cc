@@ -83,16 +83,18 @@ void builder::push_leaf(block_address leaf) {
     read_ref r = tm_.read_lock(leaf, btree_node_validator());
     node_ref n(r.data());
     level& l = get_level(0);
-    const std::string what = "btree builder: block " + std::to_string(leaf);
+    auto refuse = [&](const std::string& why) {
+        throw std::invalid_argument("btree builder: block " + std::to_string(leaf) + " " + why);
+    };
     if (!n.is_leaf() || n.value_size() != value_size_)
-        throw std::invalid_argument(what + " is not a leaf of " + std::to_string(value_size_) + "-byte values");
+        refuse("is not a leaf of " + std::to_string(value_size_) + "-byte values");
     const unsigned nr = n.nr_entries();
     if (nr < l.min_entries() || nr > l.max_entries)
-        throw std::invalid_argument(what + " holds " + std::to_string(nr) + " entries, not " +
-                                    std::to_string(l.min_entries()) + ".." + std::to_string(l.max_entries));
+        refuse("holds " + std::to_string(nr) + " entries, not " + std::to_string(l.min_entries()) + ".." +
+               std::to_string(l.max_entries));
     if (count_ && n.key(0) <= last_key_)
-        throw std::invalid_argument(what + " starts at key " + std::to_string(n.key(0)) +
-                                    ", not above the previous key " + std::to_string(last_key_));
+        refuse("starts at key " + std::to_string(n.key(0)) + ", not above the previous key " +
+               std::to_string(last_key_));
 
     if (l.has_cur && l.cur_entries() < l.min_entries()) {
         if (l.prev == level::slot::none) {
@@ -131,24 +133,32 @@ block_address builder::write_node(unsigned lvl, const std::uint8_t* node) {
     return w.location();
 }
 
-// Adds (first key, block) of prev to the level above: a node built here is written out, a shared
+// prev as a block of the tree, and its first key: a node built here is written out, a shared
 // leaf gains the reference.
-void builder::pass_up_prev(unsigned lvl) {
+block_address builder::take_prev(unsigned lvl, std::uint64_t& first) {
     level& l = *levels_[lvl];
-    std::uint64_t first;
-    block_address b;
-    if (l.prev == level::slot::own) {
-        first = node_ref(l.prev_node.get()).key(0);
-        b = write_node(lvl, l.prev_node.get());
-    } else {
-        first = l.shared_first;
-        b = l.shared;
-        tm_.inc(b);
-    }
+    const bool own = l.prev == level::slot::own;
     l.prev = level::slot::none;
+    if (own) {
+        first = node_ref(l.prev_node.get()).key(0);
+        return write_node(lvl, l.prev_node.get());
+    }
+    first = l.shared_first;
+    tm_.inc(l.shared);
+    return l.shared;
+}
+
+// Adds (first key, block) to the level above lvl.
+void builder::link(unsigned lvl, std::uint64_t first, block_address b) {
     std::uint8_t v[8];
     store_le64(v, b);
     add(lvl + 1, first, v);
+}
+
+void builder::pass_up_prev(unsigned lvl) {
+    std::uint64_t first;
+    block_address b = take_prev(lvl, first);
+    link(lvl, first, b);
 }
 
 void builder::pass_up_cur(unsigned lvl) {
@@ -156,9 +166,7 @@ void builder::pass_up_cur(unsigned lvl) {
     std::uint64_t first = node_ref(l.cur_node.get()).key(0);
     block_address b = write_node(lvl, l.cur_node.get());
     l.has_cur = false;
-    std::uint8_t v[8];
-    store_le64(v, b);
-    add(lvl + 1, first, v);
+    link(lvl, first, b);
 }
 
 // A shared prev becomes a copy built here (its values gain references through copy_refs).
@@ -196,14 +204,6 @@ void builder::fix_underfull(level& l) {
     std::memset(p.value(pn - move), 0, std::size_t(l.value_size) * move);
 }
 
-block_address builder::take_prev_as_root(level& l) {
-    if (l.prev == level::slot::shared) {
-        tm_.inc(l.shared);
-        return l.shared;
-    }
-    return write_node(0, l.prev_node.get());
-}
-
 block_address builder::finish() {
     if (finished_) throw std::logic_error("btree builder: finish called twice");
     finished_ = true;
@@ -219,9 +219,8 @@ block_address builder::finish() {
         bool two = l.has_cur && l.prev != level::slot::none;
         if (top && !two) {
             // One node left at the top: the root.
-            block_address root = l.has_cur ? write_node(lvl, l.cur_node.get())
-                                 : lvl == 0 ? take_prev_as_root(l)
-                                            : write_node(lvl, l.prev_node.get());
+            std::uint64_t first;
+            block_address root = l.has_cur ? write_node(lvl, l.cur_node.get()) : take_prev(lvl, first);
             levels_.clear();
             return root;
         }

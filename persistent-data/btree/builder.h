@@ -53,10 +53,11 @@ private:
     level& get_level(unsigned lvl);
     void add(unsigned lvl, std::uint64_t key, const std::uint8_t* value);
     void close_cur(unsigned lvl);
+    block_address take_prev(unsigned lvl, std::uint64_t& first);
+    void link(unsigned lvl, std::uint64_t first, block_address b);
     void pass_up_prev(unsigned lvl);
     void pass_up_cur(unsigned lvl);
     block_address write_node(unsigned lvl, const std::uint8_t* node);
-    block_address take_prev_as_root(level& l);
     void fix_underfull(level& l);
     void unshare_prev(level& l);
 };

@@ -88,19 +88,15 @@ bool sharing_builder::try_switch(std::uint64_t key, const std::uint8_t* value) {
     const auto& leaves = catalog_.leaves();
     const std::size_t was_i = cand_;
     const leaf_catalog::leaf was = leaves[was_i];
-    auto alike = [&](std::size_t i) {
-        return i < leaves.size() && leaves[i].first_key == was.first_key && leaves[i].first_value == was.first_value;
-    };
-    std::size_t next = was_i + 1;
-    while (next < leaves.size() && leaves[next].first_key == was.first_key && !alike(next)) ++next;
-    if (!alike(next)) return false;  // the usual case: no other leaf starts the same way
-    aligned_block seen = make_aligned_block(false);
-    std::memcpy(seen.get(), cand_node_.get(), MD_BLOCK_SIZE);
-    node_ref s(seen.get());
-    for (std::size_t i = next; i < leaves.size() && leaves[i].first_key == was.first_key; ++i) {
-        if (!alike(i)) continue;
+    aligned_block seen;  // the leaf compared so far, kept once another is loaded over it
+    for (std::size_t i = was_i + 1; i < leaves.size() && leaves[i].first_key == was.first_key; ++i) {
+        if (leaves[i].first_value != was.first_value) continue;
+        if (!seen) {
+            seen = make_aligned_block(false);
+            std::memcpy(seen.get(), cand_node_.get(), MD_BLOCK_SIZE);
+        }
         load(i);
-        node_ref c(cand_node_.get());
+        node_ref c(cand_node_.get()), s(seen.get());
         if (c.nr_entries() <= matched_ || c.key(matched_) != key ||
             std::memcmp(c.value(matched_), value, value_size_) != 0)
             continue;
@@ -108,8 +104,10 @@ bool sharing_builder::try_switch(std::uint64_t key, const std::uint8_t* value) {
                       std::memcmp(c.value(0), s.value(0), std::size_t(value_size_) * matched_) == 0;
         if (prefix) return true;
     }
-    std::memcpy(cand_node_.get(), seen.get(), MD_BLOCK_SIZE);  // give_up replays what was seen
-    cand_ = was_i;
+    if (seen) {  // give_up replays what was seen
+        std::memcpy(cand_node_.get(), seen.get(), MD_BLOCK_SIZE);
+        cand_ = was_i;
+    }
     return false;
 }
 
